@@ -1,0 +1,27 @@
+# acl-repro: `make book` builds the book on the default profile, `make test` runs the tests.
+# Every target sets up .venv first (idempotent: redone only when the requirements change).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+PROFILE ?= cpu
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, $(PYTHON) is {sys.version.split()[0]}"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(FIND_LINKS) -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name acl-repro --display-name "Python (acl-repro)" >/dev/null
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean-cache:
+	find data_cache -mindepth 1 ! -name README.md -delete

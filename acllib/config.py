@@ -1,0 +1,203 @@
+"""One dataclass describes a run; named profiles fill it in; its hash names the run's results."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .data import get_task
+from .models import EXITS
+
+STRATEGIES = ("single", "direct", "2st", "jt", "alt")
+# Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)
+METHODS = {"ce": ("none", False), "ce+scl": ("scl", False),
+           "acl-embed": ("acl-embed", False), "acl": ("acl-embed", True)}
+STAGE2_AUX = ("none", "scl", "acl-embed", "acl-cl")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "rte"
+    backbone: str = "minilm"
+    strategy: str = "single"   # single: last-layer exit only; direct: first `depth` layers + one exit
+    method: str = "ce"         # the objective of full fine-tuning (= stage 1 of 2st)
+    exit: str = "mha"
+    depth: int | None = None   # direct only
+    # 2st stage 2, per intermediate exit: (1 - lam) (CE [+ KD]) + lam * aux, ACL-Grad if stage2_grad
+    stage2_kd: bool = False
+    stage2_aux: str = "none"
+    stage2_grad: bool = False
+    stage2_lr: float = 2e-5
+    stage2_epochs: int = 15
+    lam: float = 0.02
+    tau: float = 0.5
+    angle_threshold: float = 90.0
+    kd_temperature: float = 1.0
+    log_angles: bool = False   # log the CE/aux angle on every step even without ACL-Grad (costs a backward)
+    d_e: int = 64
+    heads: int = 4
+    dropout: float = 0.1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    epochs: int = 15
+    batch_size: int | None = 32        # examples per update; None: derived from updates_per_epoch
+    updates_per_epoch: int | None = None
+    micro_batch_size: int = 32         # examples per forward pass (gradient accumulation above it)
+    max_length: int = 128
+    train_size: int | None = None      # seeded subsample of train (the same subset for every seed)
+    dev_size: int | None = None
+    seed: int = 1
+    precision: str = "auto"
+
+    @property
+    def aux(self) -> str:
+        return METHODS[self.method][0]
+
+    @property
+    def acl_grad(self) -> bool:
+        return METHODS[self.method][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def stage1(self) -> "RunConfig":
+        """The full fine-tuning run that stage 1 of a 2st run is (shared by all its stage-2 variants)."""
+        return _normalize(replace(self, strategy="single"))
+
+
+_STAGE2_FIELDS = ("stage2_kd", "stage2_aux", "stage2_grad", "stage2_lr", "stage2_epochs",
+                  "kd_temperature")
+
+
+def _normalize(cfg: RunConfig) -> RunConfig:
+    """Reset fields a strategy does not use, so equal runs get equal hashes."""
+    default = RunConfig()
+    if cfg.strategy != "2st":
+        cfg = replace(cfg, **{f: getattr(default, f) for f in _STAGE2_FIELDS})
+    if cfg.strategy != "direct":
+        cfg = replace(cfg, depth=None)
+    if cfg.strategy in ("jt", "alt") or (cfg.aux == "none" and cfg.stage2_aux == "none"):
+        cfg = replace(cfg, tau=default.tau, angle_threshold=default.angle_threshold, lam=default.lam,
+                      log_angles=False)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    get_task(cfg.task)
+    checks = [
+        (cfg.strategy in STRATEGIES, f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}"),
+        (cfg.method in METHODS, f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}"),
+        (cfg.exit in EXITS, f"unknown exit {cfg.exit!r}; choose one of {', '.join(EXITS)}"),
+        (cfg.stage2_aux in STAGE2_AUX, f"unknown stage2_aux {cfg.stage2_aux!r}; choose one of {', '.join(STAGE2_AUX)}"),
+        (cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}"),
+        (0.0 <= cfg.lam <= 1.0, f"lam must lie in [0, 1], got {cfg.lam!r}"),
+        (cfg.tau > 0, f"tau must be > 0, got {cfg.tau!r}"),
+        (0.0 <= cfg.angle_threshold <= 180.0, f"angle_threshold must lie in [0, 180], got {cfg.angle_threshold!r}"),
+        (cfg.kd_temperature > 0, f"kd_temperature must be > 0, got {cfg.kd_temperature!r}"),
+        (cfg.strategy not in ("jt", "alt") or cfg.method == "ce",
+         f"strategy {cfg.strategy!r} trains with CE only; method {cfg.method!r} is not allowed with it"),
+        (cfg.strategy != "direct" or (cfg.depth or 0) >= 1, f"strategy 'direct' needs depth >= 1, got {cfg.depth!r}"),
+        (cfg.epochs >= 1 and cfg.stage2_epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}/{cfg.stage2_epochs}"),
+        (cfg.batch_size is not None or cfg.updates_per_epoch is not None,
+         "set batch_size or updates_per_epoch"),
+        (cfg.batch_size is None or cfg.batch_size >= 2, f"batch_size must be >= 2, got {cfg.batch_size!r}"),
+        (cfg.micro_batch_size >= 2, f"micro_batch_size must be >= 2, got {cfg.micro_batch_size!r}"),
+        (cfg.d_e % cfg.heads == 0, f"d_e ({cfg.d_e}) must be divisible by heads ({cfg.heads})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return cfg
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    about: str
+    run: dict[str, Any]                       # RunConfig fields
+    tasks: tuple[str, ...]                    # what the notebooks cover by default
+    seeds: tuple[int, ...]
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+PROFILES = {p.name: p for p in [
+    Profile("smoke", "seconds per run, for tests: a tiny random BERT on a few dozen examples",
+            dict(backbone="tiny", train_size=48, dev_size=40, epochs=2, stage2_epochs=2, batch_size=16,
+                 micro_batch_size=16, max_length=48, lr=1e-3, stage2_lr=1e-3, d_e=16, heads=2,
+                 warmup_ratio=0.1),
+            tasks=("rte", "mrpc"), seeds=(1, 2)),
+    Profile("cpu", "the embedded default: the packaged MiniLM (6 layers) on the GLUE tasks with train data",
+            dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=3, stage2_epochs=3, batch_size=32,
+                 micro_batch_size=32, max_length=128),
+            tasks=("rte", "mrpc", "cola", "sst2"), seeds=(1, 2, 3),
+            per_task={"sst2": dict(train_size=8000, epochs=1, stage2_epochs=1)}),
+    Profile("paper", "the paper's setting (sec. 5.3): BERT-base, full GLUE, 15 epochs, 5 seeds; needs the hub and a GPU",
+            dict(backbone="bert-base-uncased", lr=2e-5, stage2_lr=2e-5, epochs=15, stage2_epochs=15,
+                 batch_size=None, updates_per_epoch=200, micro_batch_size=32, max_length=128),
+            tasks=("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"), seeds=(1, 2, 3, 4, 5)),
+]}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' is bf16 where the CPU (or GPU) computes it natively, fp32 elsewhere."""
+    import torch
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a command-line string into the type of RunConfig's field `name`."""
+    hint = {f.name: str(f.type) for f in fields(RunConfig)}[name]  # e.g. "int | None"
+    if not isinstance(value, str):
+        return value
+    if value.lower() in ("none", "null") and "None" in hint:
+        return None
+    try:
+        if hint.startswith("bool"):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if hint.startswith("int"):
+            return int(value)
+        if hint.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise ValueError(f"field {name!r} takes a {hint.split(' ')[0]}, got {value!r}") from None
+    return value
+
+
+def make_config(profile: str = "cpu", task: str = "rte", **overrides) -> RunConfig:
+    """A validated run: RunConfig defaults < profile < profile's per-task settings < overrides."""
+    prof = get_profile(profile)
+    get_task(task)
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config field {unknown[0]!r}; fields are: {', '.join(sorted(known))}")
+    values = {**prof.run, **prof.per_task.get(task, {}),
+              **{k: _coerce(k, v) for k, v in overrides.items()}, "task": task}
+    cfg = validate(RunConfig(**values))
+    return _normalize(replace(cfg, precision=resolve_precision(cfg.precision)))

@@ -1,0 +1,180 @@
+"""GLUE: task specs, the data source, tokenize-once caches and length-grouped dynamic batches."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import store
+
+HUB_GLUE = "nyu-mll/glue"
+_LOCAL_GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    text_columns: tuple[str, ...]
+    num_labels: int
+    metrics: tuple[str, ...]  # the first is the headline score
+    eval_splits: tuple[str, ...] = ("validation",)
+
+
+TASKS = {t.name: t for t in [
+    Task("cola", ("sentence",), 2, ("mcc",)),
+    Task("sst2", ("sentence",), 2, ("accuracy",)),
+    Task("mrpc", ("sentence1", "sentence2"), 2, ("f1", "accuracy")),
+    Task("qqp", ("question1", "question2"), 2, ("f1", "accuracy")),
+    Task("qnli", ("question", "sentence"), 2, ("accuracy",)),
+    Task("rte", ("sentence1", "sentence2"), 2, ("accuracy",)),
+    Task("mnli", ("premise", "hypothesis"), 3, ("accuracy",),
+         ("validation_matched", "validation_mismatched")),
+]}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def glue_source() -> str:
+    """Where GLUE comes from: $ACL_GLUE_SOURCE, else the local mirror beside the repo, else the hub."""
+    env = os.environ.get("ACL_GLUE_SOURCE")
+    if env:
+        return env
+    return str(_LOCAL_GLUE) if _LOCAL_GLUE.is_dir() else HUB_GLUE
+
+
+def load_split(task: str, split: str, source: str | None = None):
+    """One split of a GLUE task as a `datasets.Dataset`, or one clear error saying what is missing."""
+    import datasets
+
+    spec = get_task(task)
+    source = source or glue_source()
+    # A hub id looks like "owner/name"; a folder is absolute, relative-with-a-dot, or exists.
+    looks_local = source.startswith((".", "/", "~")) or Path(source).is_dir()
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise FileNotFoundError(f"GLUE source folder {source!r} does not exist")
+    try:
+        dd = datasets.load_dataset(str(Path(source).expanduser()) if looks_local else source, spec.name)
+    except ValueError as err:
+        if "not found" in str(err):
+            raise ValueError(f"task {task!r} is missing from GLUE source {source!r}") from None
+        raise
+    except (ConnectionError, OSError) as err:
+        raise RuntimeError(f"could not load task {task!r} from GLUE source {source!r}: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if split not in dd:
+        raise ValueError(f"split {split!r} of task {task!r} is missing from GLUE source {source!r} "
+                         f"(it has: {', '.join(dd)})")
+    return dd[split]
+
+
+@dataclass
+class Encoded:
+    """A tokenized split, flat: example i is input_ids[offsets[i]:offsets[i+1]]."""
+    input_ids: torch.Tensor       # [total_tokens] int32
+    token_type_ids: torch.Tensor  # [total_tokens] int8
+    offsets: torch.Tensor         # [n + 1] int64
+    labels: torch.Tensor          # [n] int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def subset(self, idx) -> "Encoded":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        starts, lens = self.offsets[idx], self.lengths[idx]
+        pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts.tolist(), lens.tolist())])
+        return Encoded(self.input_ids[pos], self.token_type_ids[pos],
+                       torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]), self.labels[idx])
+
+
+def _tokenizer_key(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    digest = hashlib.sha256("\n".join(sorted(vocab)).encode()).hexdigest()[:12]
+    return f"{type(tokenizer).__name__}-{digest}"
+
+
+def encode_split(task: str, split: str, tokenizer, max_length: int,
+                 source: str | None = None) -> Encoded:
+    """Tokenize a split once (truncated to max_length, unpadded) and cache it as safetensors."""
+    source = source or glue_source()
+    key = hashlib.sha256(f"{source}|{task}|{split}|{_tokenizer_key(tokenizer)}|{max_length}".encode())
+    path = store.cache_dir("tokenized") / f"{task}-{split}-{key.hexdigest()[:16]}.safetensors"
+    if path.exists():
+        return Encoded(**store.load_tensors(path))
+    ds = load_split(task, split, source)
+    cols = [list(ds[c]) for c in get_task(task).text_columns]
+    enc = tokenizer(*cols, truncation=True, max_length=max_length, padding=False,
+                    return_token_type_ids=True)
+    ids = enc["input_ids"]
+    types = enc.get("token_type_ids") or [[0] * len(x) for x in ids]
+    lens = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    out = Encoded(
+        input_ids=torch.tensor([t for x in ids for t in x], dtype=torch.int32),
+        token_type_ids=torch.tensor([t for x in types for t in x], dtype=torch.int8),
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]),
+        labels=torch.tensor(list(ds["label"]), dtype=torch.long),
+    )
+    store.save_tensors(path, vars(out))
+    return out
+
+
+def subsample(data: Encoded, size: int | None, seed: int) -> Encoded:
+    """A seeded random subset of `size` examples (all of them when size is None or too large)."""
+    if size is None or size >= len(data):
+        return data
+    idx = np.sort(np.random.default_rng(seed).choice(len(data), size=size, replace=False))
+    return data.subset(idx)
+
+
+def length_grouped_batches(lengths, batch_size: int, rng: np.random.Generator | None,
+                           mega: int = 50) -> list[np.ndarray]:
+    """Index batches of similar lengths, so dynamic padding wastes little.
+
+    Like Hugging Face's group_by_length: shuffle, cut into mega-batches of `mega` batches, sort each
+    by length, split, shuffle the batch order. rng=None gives a fixed, fully sorted order (for eval).
+    """
+    lengths = np.asarray(lengths)
+    if rng is None:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    perm = rng.permutation(len(lengths))
+    batches = []
+    step = batch_size * mega
+    for start in range(0, len(perm), step):
+        chunk = perm[start:start + step]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(data: Encoded, idx, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest example."""
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    starts, lens = data.offsets[idx], data.lengths[idx]
+    width = int(lens.max())
+    pos = starts[:, None] + torch.arange(width)[None, :]  # [B, width]
+    mask = torch.arange(width)[None, :] < lens[:, None]
+    pos = torch.where(mask, pos, torch.zeros_like(pos))
+    input_ids = torch.where(mask, data.input_ids[pos].long(), torch.full_like(pos, pad_id))
+    token_type_ids = torch.where(mask, data.token_type_ids[pos].long(), torch.zeros_like(pos))
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids,
+            "attention_mask": mask.long(), "labels": data.labels[idx]}
+
+
+def padding_share(lengths, batches) -> float:
+    """Share of token positions in these batches that are padding."""
+    lengths = np.asarray(lengths)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return 1.0 - real / total

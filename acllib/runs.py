@@ -1,0 +1,174 @@
+"""Runs as cached, self-describing units: a config in, one results file (and a checkpoint) out.
+
+data_cache/runs/<hash>.json holds per-epoch, per-exit dev metrics, the angle log, timings and
+provenance; data_cache/models/<hash>.safetensors the fine-tuned weights of full fine-tuning runs
+(the stage 1 that 2st runs start from). A run whose results file exists is never run again, and
+every file is written atomically, so an interrupted run leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as gdata
+from . import store, train
+from .config import RunConfig
+from .models import load_tokenizer
+
+
+def result_path(cfg: RunConfig) -> Path:
+    return store.cache_dir("runs") / f"{cfg.hash}.json"
+
+
+def model_path(cfg: RunConfig) -> Path:
+    return store.cache_dir("models") / f"{cfg.hash}.safetensors"
+
+
+def load_result(cfg: RunConfig) -> dict | None:
+    path = result_path(cfg)
+    return store.read_json(path) if path.exists() else None
+
+
+def _git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store.REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "acllib"], cwd=store.REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def provenance(cfg: RunConfig) -> dict:
+    import datasets
+    import numpy
+    import transformers
+    dev = train.device()
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "datasets": datasets.__version__,
+        "numpy": numpy.__version__, "acllib_commit": _git_commit(),
+        "device": str(dev), "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else _cpu_model(),
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "precision": cfg.precision,
+        "glue_source": gdata.glue_source(), "finished_at": datetime.datetime.now(datetime.UTC).isoformat(),
+    }
+
+
+def _result(cfg: RunConfig, log: train.FitLog, td: train.TaskData, model, final: dict,
+            seconds: float, **extra) -> dict:
+    task = gdata.get_task(cfg.task)
+    primary = next(iter(td.evals))
+    return {
+        "hash": cfg.hash, "config": cfg.to_dict(), **extra,
+        "headline_metric": task.metrics[0], "eval_split": primary,
+        "score": {m: v[task.metrics[0]] for m, v in final[primary].items()},
+        "final": final, "epochs": log.epochs, "angles": log.angles,
+        "n_train": len(td.train), "n_eval": {s: len(d) for s, d in td.evals.items()},
+        "missing_eval_splits": td.missing_eval_splits,
+        "train_seconds": log.train_seconds,
+        "train_examples_per_s": log.train_examples / log.train_seconds if log.train_seconds else None,
+        "total_seconds": seconds, "params": model.parameter_report(),
+        "provenance": provenance(cfg),
+    }
+
+
+def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
+    """The results of `cfg`, from the cache or by running it (and, for 2st, its stage 1)."""
+    if not force:
+        cached = load_result(cfg)
+        if cached is not None:
+            return cached
+    if cfg.strategy == "2st":
+        return run_two_stage([cfg], progress, force)[0]
+    t0 = time.perf_counter()
+    tokenizer = load_tokenizer(cfg.backbone)
+    td = train.load_task_data(cfg, tokenizer)
+    model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
+    log = train.train_full(cfg, model, td, progress)
+    if cfg.strategy == "single":  # the checkpoint first: a results file always has its weights
+        store.save_tensors(model_path(cfg), model.state_dict())
+    result = _result(cfg, log, td, model, log.epochs[-1]["eval"], time.perf_counter() - t0)
+    store.write_json(result_path(cfg), result)
+    return result
+
+
+def load_stage1(model, stage1: RunConfig) -> None:
+    """Put a finished stage-1 run's backbone and last exit into a multi-exit model."""
+    state = store.load_tensors(model_path(stage1))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    last = str(model.exit_layers[-1])
+    wrong = [k for k in missing if not k.startswith("exits.") or k.split(".")[1] == last]
+    if unexpected or wrong:
+        raise RuntimeError(f"stage-1 checkpoint {model_path(stage1)} does not fit: "
+                           f"missing {wrong[:3]}, unexpected {unexpected[:3]}")
+
+
+def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = False) -> list[dict]:
+    """2st runs sharing one stage 1: it is trained (or loaded) once, the frozen backbone's features
+    are computed once, and each variant trains its intermediate exits on them."""
+    stage1 = cfgs[0].stage1()
+    if any(c.strategy != "2st" or c.stage1() != stage1 for c in cfgs):
+        raise ValueError("run_two_stage takes 2st configs that share one stage 1")
+    todo = [c for c in cfgs if force or load_result(c) is None]
+    if todo:
+        if not model_path(stage1).exists() or load_result(stage1) is None:
+            run(stage1, progress, force=True)
+        r1 = load_result(stage1)
+        tokenizer = load_tokenizer(stage1.backbone)
+        td = train.load_task_data(stage1, tokenizer)
+        features, feature_seconds = None, 0.0
+        for cfg in todo:
+            t0 = time.perf_counter()
+            model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
+            load_stage1(model, stage1)
+            t_feat = time.perf_counter()
+            if features is None:
+                layers = train.freeze_for_stage2(model)
+                features = train.build_features(cfg, model, td, layers, progress)
+                feature_seconds = time.perf_counter() - t_feat
+            log, features = train.train_stage2(cfg, model, td, features, progress)
+            final = log.epochs[-1]["eval"]
+            for split, scores in final.items():  # the last exit is stage 1's, unchanged
+                scores[str(model.exit_layers[-1])] = r1["final"][split][str(model.exit_layers[-1])]
+            result = _result(cfg, log, td, model, final, time.perf_counter() - t0,
+                             stage1_hash=stage1.hash, feature_seconds=feature_seconds,
+                             stage1_train_seconds=r1["train_seconds"])
+            store.write_json(result_path(cfg), result)
+    return [load_result(c) for c in cfgs]
+
+
+def run_many(cfgs: list[RunConfig], progress: bool = True) -> list[dict]:
+    """Run (or load) many configs; 2st runs are grouped by their stage 1 so it is shared."""
+    from tqdm.auto import tqdm
+    results: dict[str, dict] = {}
+    groups: dict[str, list[RunConfig]] = {}
+    for cfg in cfgs:
+        if cfg.strategy == "2st":
+            groups.setdefault(cfg.stage1().hash, []).append(cfg)
+    todo = [c for c in cfgs if c.strategy != "2st"] + [g[0] for g in groups.values()]
+    for cfg in tqdm(todo, desc="runs", disable=not progress):
+        if cfg.strategy == "2st":
+            group = groups[cfg.stage1().hash]
+            for c, r in zip(group, run_two_stage(group, progress)):
+                results[c.hash] = r
+        else:
+            results[cfg.hash] = run(cfg, progress)
+    return [results[c.hash] for c in cfgs]

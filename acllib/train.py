@@ -1,0 +1,432 @@
+"""Training: one loop for every objective and strategy, ACL-Grad, and stage 2 on cached features.
+
+Strategies (`RunConfig.strategy`):
+  single  full fine-tuning of backbone + last-layer exit with `method` (= stage 1 of 2st)
+  direct  the first `depth` layers + one exit on top, fine-tuned like `single` (Table 1's BERT-6L)
+  jt      all exits, loss = sum of every exit's CE (eq. 6)
+  alt     BERxiT: odd epochs the last exit's CE (eq. 7), even epochs the joint sum (eq. 8)
+  2st     stage 1 = the `single` run; stage 2 freezes backbone and last exit and trains exits 1..M-1
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data as gdata
+from . import metrics
+from .config import RunConfig
+from .losses import (acl_cross_layer_loss, acl_embed_loss, acl_grad_weight, angle_between, kd_loss,
+                     supcon_loss)
+from .models import MultiExitModel, load_backbone, load_tokenizer
+
+MAX_GRAD_NORM = 1.0  # Hugging Face Trainer's default, which the paper keeps (sec. 5.3)
+EVAL_BATCH = 128
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(precision: str):
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(device().type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class TaskData:
+    train: gdata.Encoded
+    evals: dict[str, gdata.Encoded]  # eval split name -> data; the first is the headline split
+    missing_eval_splits: list[str]
+    pad_id: int
+
+
+def load_task_data(cfg: RunConfig, tokenizer) -> TaskData:
+    task = gdata.get_task(cfg.task)
+    train = gdata.encode_split(cfg.task, "train", tokenizer, cfg.max_length)
+    # The subset is fixed (seed 0) so that seeds vary the initialisation and order, not the data.
+    train = gdata.subsample(train, cfg.train_size, seed=0)
+    evals, missing = {}, []
+    for i, split in enumerate(task.eval_splits):
+        try:
+            evals[split] = gdata.subsample(gdata.encode_split(cfg.task, split, tokenizer, cfg.max_length),
+                                           cfg.dev_size, seed=0)
+        except ValueError:
+            if i == 0:
+                raise
+            missing.append(split)  # e.g. MNLI mismatched where the source lacks it
+    return TaskData(train, evals, missing, tokenizer.pad_token_id or 0)
+
+
+def update_batch_size(cfg: RunConfig, n_train: int) -> int:
+    if cfg.batch_size is not None:
+        return min(cfg.batch_size, n_train)
+    return max(2, math.ceil(n_train / cfg.updates_per_epoch))
+
+
+# ----------------------------------------------------------------------------------- the step
+@dataclass
+class Loss:
+    """(1 - lam) * main + lam * aux; ACL-Grad (Eq. 4) decides lam per parameter group."""
+    main: torch.Tensor
+    aux: torch.Tensor | None = None
+    lam: float = 0.0
+    groups: list[list[torch.nn.Parameter]] | None = None  # None: one group, all parameters
+
+
+def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, threshold: float,
+             log_angles: bool, scale: float = 1.0) -> list[tuple[float, float]]:
+    """Accumulate the step's gradient into .grad; return (angle, lam used) per group when measured.
+
+    With ACL-Grad (or angle logging) both gradients come from the one forward pass: two backward
+    passes through the same graph, then the weighted sum is written into .grad directly.
+    """
+    if loss.aux is None or not (acl_grad or log_angles):
+        total = loss.main if loss.aux is None else (1 - loss.lam) * loss.main + loss.lam * loss.aux
+        (total * scale).backward()
+        return []
+    g_main = torch.autograd.grad(loss.main, params, retain_graph=True, allow_unused=True)
+    g_aux = torch.autograd.grad(loss.aux, params, allow_unused=True)
+    index = {id(p): i for i, p in enumerate(params)}
+    measured = []
+    for group in loss.groups or [params]:
+        ids = [index[id(p)] for p in group]
+        angle = angle_between([g_main[i] for i in ids], [g_aux[i] for i in ids])
+        lam = acl_grad_weight(angle, loss.lam, threshold) if acl_grad else loss.lam
+        measured.append((angle, lam))
+        for i in ids:
+            parts = []
+            if g_main[i] is not None and lam != 1.0:
+                parts.append(g_main[i] if lam == 0.0 else (1 - lam) * g_main[i])
+            if g_aux[i] is not None and lam != 0.0:
+                parts.append(lam * g_aux[i])
+            if not parts:
+                continue  # no gradient at all: leave .grad as it is, as loss.backward() would
+            g = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+            if scale != 1.0:
+                g = g * scale
+            p = params[i]
+            p.grad = g.to(p.dtype) if p.grad is None else p.grad + g
+    return measured
+
+
+def make_optimizer(named_params, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float):
+    """AdamW without decay on biases and LayerNorm weights, linear warm-up then linear decay to 0."""
+    decay = [p for n, p in named_params if p.ndim >= 2]
+    no_decay = [p for n, p in named_params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@dataclass
+class FitLog:
+    epochs: list[dict] = field(default_factory=list)
+    angles: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_examples: int = 0
+
+
+def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set_train_mode,
+        evaluate, epochs: int, lr: float, acl_grad: bool, log_angles: bool, desc: str,
+        progress: bool) -> FitLog:
+    """The training loop shared by every strategy and stage."""
+    params = [p for _, p in named_params]
+    batch_size = update_batch_size(cfg, n_train)
+    lengths = get_batch.lengths
+    updates = math.ceil(n_train / batch_size)
+    opt, sched = make_optimizer(named_params, lr, cfg.weight_decay, epochs * updates, cfg.warmup_ratio)
+    rng = np.random.default_rng(cfg.seed)
+    log = FitLog()
+    step = 0
+    for epoch in range(1, epochs + 1):
+        set_train_mode()
+        t0 = time.perf_counter()
+        losses = []
+        batches = gdata.length_grouped_batches(lengths, batch_size, rng)
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for idx in bar:
+            chunks = [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
+            for chunk in chunks:
+                batch = get_batch(chunk)
+                with autocast(cfg.precision):
+                    loss = objective(batch, epoch)
+                for angle, lam in backward(loss, params, acl_grad, cfg.angle_threshold, log_angles,
+                                           scale=len(chunk) / len(idx)):
+                    log.angles.append({"epoch": epoch, "step": step, "angle": angle, "lam": lam})
+                losses.append(float(loss.main.detach()))
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+        seconds = time.perf_counter() - t0
+        log.train_seconds += seconds
+        log.train_examples += n_train
+        t1 = time.perf_counter()
+        scores = evaluate()
+        log.epochs.append({"epoch": epoch, "train_main_loss": float(np.mean(losses)),
+                           "train_seconds": seconds, "eval_seconds": time.perf_counter() - t1,
+                           "eval": scores})
+    return log
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def score(task: str, labels, preds) -> dict[str, float]:
+    return metrics.compute(gdata.get_task(task).metrics, labels, preds)
+
+
+@torch.no_grad()
+def evaluate_model(model: MultiExitModel, evals: dict[str, gdata.Encoded], task: str, precision: str,
+                   layers=None, pad_id: int = 0) -> dict:
+    """Every exit on every eval split, from one backbone pass per batch: {split: {layer: metrics}}."""
+    model.eval()
+    dev = device()
+    out = {}
+    for split, data in evals.items():
+        preds = {m: np.zeros(len(data), dtype=int) for m in (layers or model.exit_layers)}
+        for idx in gdata.length_grouped_batches(data.lengths, EVAL_BATCH, None):
+            batch = {k: v.to(dev) for k, v in gdata.collate(data, idx, pad_id).items()}
+            with autocast(precision):
+                for o in model(batch, layers):
+                    preds[o.layer][idx] = o.logits.argmax(-1).cpu().numpy()
+        labels = data.labels.numpy()
+        out[split] = {str(m): score(task, labels, p) for m, p in preds.items()}
+    return out
+
+
+# ------------------------------------------------------------------------- full fine-tuning
+class BatchGetter:
+    def __init__(self, data: gdata.Encoded, pad_id: int):
+        self.data, self.pad_id, self.lengths = data, pad_id, data.lengths.numpy()
+
+    def __call__(self, idx):
+        dev = device()
+        return {k: v.to(dev) for k, v in gdata.collate(self.data, idx, self.pad_id).items()}
+
+
+def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
+    backbone = load_backbone(cfg.backbone, cfg.dropout, seed=cfg.seed)
+    n = cfg.depth if cfg.strategy == "direct" else None
+    from .models import encoder_layers
+    m = n or len(encoder_layers(backbone))
+    layers = [m] if cfg.strategy in ("single", "direct") else list(range(1, m + 1))
+    torch.manual_seed(cfg.seed)  # exits' initialisation depends on the seed only
+    return MultiExitModel(backbone, num_labels, layers, cfg.exit, cfg.d_e, cfg.heads, cfg.dropout,
+                          depth=n).to(device())
+
+
+def aux_loss(kind: str, out, exit_module, labels, tau: float):
+    if kind == "scl":
+        return supcon_loss(out.rep, labels, tau)
+    if kind == "acl-embed":
+        return acl_embed_loss(out.rep, labels, exit_module.label_embeddings, tau)
+    raise ValueError(f"unknown auxiliary loss {kind!r}")
+
+
+def full_objective(cfg: RunConfig, model: MultiExitModel):
+    last = model.exit_layers[-1]
+
+    def objective(batch, epoch: int) -> Loss:
+        y = batch["labels"]
+        joint = cfg.strategy == "jt" or (cfg.strategy == "alt" and epoch % 2 == 0)
+        if joint:  # eq. 6 / eq. 8
+            return Loss(sum(F.cross_entropy(o.logits.float(), y) for o in model(batch)))
+        out = model(batch, [last])[0]  # eq. 7 for alt's odd epochs; the only exit otherwise
+        main = F.cross_entropy(out.logits.float(), y)
+        if cfg.aux == "none":
+            return Loss(main)
+        return Loss(main, aux_loss(cfg.aux, out, model.exit(last), y, cfg.tau), cfg.lam)
+
+    return objective
+
+
+def train_full(cfg: RunConfig, model: MultiExitModel, td: TaskData, progress: bool = True) -> FitLog:
+    """single / direct / jt / alt: the backbone and its exits trained together."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    getter = BatchGetter(td.train, td.pad_id)
+    return fit(cfg, named_params=named, n_train=len(td.train), get_batch=getter,
+               objective=full_objective(cfg, model), set_train_mode=model.train,
+               evaluate=lambda: evaluate_model(model, td.evals, cfg.task, cfg.precision, pad_id=td.pad_id),
+               epochs=cfg.epochs, lr=cfg.lr, acl_grad=cfg.acl_grad,
+               log_angles=cfg.log_angles and cfg.aux != "none",
+               desc=f"{cfg.task} {cfg.strategy}/{cfg.method}", progress=progress)
+
+
+# ---------------------------------------------------------------------------------- stage 2
+class FrozenFeatures:
+    """What a frozen backbone + last exit give for one split, computed once and kept in bf16.
+
+    hidden: [total_tokens, n_layers, hidden] for the intermediate layers, flat like gdata.Encoded;
+    the teacher's (last exit's) representation and logits per example in fp32.
+    """
+
+    def __init__(self, model: MultiExitModel, data: gdata.Encoded, layers, precision: str,
+                 pad_id: int, progress: bool = False, desc: str = "caching features"):
+        self.data, self.layers, self.lengths = data, list(layers), data.lengths.numpy()
+        hidden_size = model.backbone.config.hidden_size
+        self.hidden = torch.empty(int(data.offsets[-1]), len(self.layers), hidden_size, dtype=torch.bfloat16)
+        last = model.exit_layers[-1]
+        k = model.exit(last).label_embeddings.shape[0]
+        d = model.exit(last).label_embeddings.shape[1]
+        self.teacher_rep = torch.empty(len(data), d)
+        self.teacher_logits = torch.empty(len(data), k)
+        model.eval()
+        batches = gdata.length_grouped_batches(self.lengths, EVAL_BATCH, None)
+        with torch.no_grad():
+            for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+                batch = {k_: v.to(device()) for k_, v in gdata.collate(data, idx, pad_id).items()}
+                with autocast(precision):
+                    hs = model.hidden_states(batch)
+                    teacher = model.run_exits(hs, batch["attention_mask"], [last])[0]
+                stacked = torch.stack([hs[m] for m in self.layers], dim=2).to(torch.bfloat16).cpu()
+                for row, i in enumerate(idx):
+                    s, e = int(data.offsets[i]), int(data.offsets[i + 1])
+                    self.hidden[s:e] = stacked[row, :e - s]
+                self.teacher_rep[idx] = teacher.rep.float().cpu()
+                self.teacher_logits[idx] = teacher.logits.float().cpu()
+
+    def __call__(self, idx) -> dict[str, torch.Tensor]:
+        idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        starts, lens = self.data.offsets[idx_t], self.data.lengths[idx_t]
+        width = int(lens.max())
+        mask = torch.arange(width)[None, :] < lens[:, None]
+        pos = torch.where(mask, starts[:, None] + torch.arange(width)[None, :], torch.zeros(1, dtype=torch.long))
+        hidden = self.hidden[pos] * mask[:, :, None, None]  # [B, L, n_layers, hidden]
+        dev = device()
+        return {"hidden": hidden.to(dev), "attention_mask": mask.long().to(dev),
+                "labels": self.data.labels[idx_t].to(dev),
+                "teacher_rep": self.teacher_rep[idx_t].to(dev),
+                "teacher_logits": self.teacher_logits[idx_t].to(dev)}
+
+
+class LiveFeatures:
+    """The same batches as FrozenFeatures, recomputed by the frozen backbone at every call."""
+
+    def __init__(self, model: MultiExitModel, data: gdata.Encoded, layers, precision: str, pad_id: int):
+        self.model, self.data, self.layers, self.precision = model, data, list(layers), precision
+        self.pad_id, self.lengths = pad_id, data.lengths.numpy()
+
+    @torch.no_grad()
+    def __call__(self, idx) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(device()) for k, v in gdata.collate(self.data, idx, self.pad_id).items()}
+        was_training = self.model.backbone.training
+        self.model.backbone.eval()
+        last = self.model.exit_layers[-1]
+        teacher_exit = self.model.exit(last)
+        teacher_mode = teacher_exit.training
+        teacher_exit.eval()
+        with autocast(self.precision):
+            hs = self.model.hidden_states(batch)
+            teacher = self.model.run_exits(hs, batch["attention_mask"], [last])[0]
+        teacher_exit.train(teacher_mode)
+        self.model.backbone.train(was_training)
+        return {"hidden": torch.stack([hs[m] for m in self.layers], dim=2).to(torch.bfloat16),
+                "attention_mask": batch["attention_mask"], "labels": batch["labels"],
+                "teacher_rep": teacher.rep.float(), "teacher_logits": teacher.logits.float()}
+
+
+def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers):
+    last = model.exit_layers[-1]
+    groups = [list(model.exit(m).parameters()) for m in layers]
+
+    def objective(batch, epoch: int) -> Loss:
+        y, mask = batch["labels"], batch["attention_mask"]
+        t_rep, t_logits = batch["teacher_rep"], batch["teacher_logits"]
+        t_emb = model.exit(last).label_embeddings.detach()
+        main, aux = 0.0, 0.0
+        for j, m in enumerate(layers):
+            ex = model.exit(m)
+            rep, logits = ex(batch["hidden"][:, :, j], mask)
+            main = main + F.cross_entropy(logits.float(), y)
+            if cfg.stage2_kd:
+                main = main + kd_loss(logits, t_logits, cfg.kd_temperature)
+            if cfg.stage2_aux == "scl":
+                aux = aux + supcon_loss(rep, y, cfg.tau)
+            elif cfg.stage2_aux == "acl-embed":
+                aux = aux + acl_embed_loss(rep, y, ex.label_embeddings, cfg.tau)
+            elif cfg.stage2_aux == "acl-cl":
+                aux = aux + acl_cross_layer_loss(rep, ex.label_embeddings, t_rep, t_emb, y, cfg.tau)
+        if cfg.stage2_aux == "none":
+            return Loss(main)
+        # Exits are independent given the frozen backbone, so summing their losses trains each one
+        # separately; ACL-Grad still decides per exit (one parameter group each).
+        return Loss(main, aux, cfg.lam, groups)
+
+    return objective
+
+
+@torch.no_grad()
+def evaluate_features(model: MultiExitModel, feats: dict[str, FrozenFeatures], task: str,
+                      precision: str, layers) -> dict:
+    model.eval()
+    out = {}
+    for split, f in feats.items():
+        preds = {m: np.zeros(len(f.data), dtype=int) for m in layers}
+        for idx in gdata.length_grouped_batches(f.lengths, EVAL_BATCH, None):
+            batch = f(idx)
+            with autocast(precision):
+                for j, m in enumerate(layers):
+                    _, logits = model.exit(m)(batch["hidden"][:, :, j], batch["attention_mask"])
+                    preds[m][idx] = logits.argmax(-1).cpu().numpy()
+        labels = f.data.labels.numpy()
+        out[split] = {str(m): score(task, labels, preds[m]) for m in layers}
+    return out
+
+
+def freeze_for_stage2(model: MultiExitModel) -> list[int]:
+    """Freeze backbone and last exit; return the intermediate exits' layers that stage 2 trains."""
+    last = model.exit_layers[-1]
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    for p in model.exit(last).parameters():
+        p.requires_grad_(False)
+    return [m for m in model.exit_layers if m != last]
+
+
+def train_stage2(cfg: RunConfig, model: MultiExitModel, td: TaskData, features=None,
+                 progress: bool = True, cached: bool = True) -> tuple[FitLog, dict]:
+    """Stage 2 of 2st. `features` ({'train': ..., split: ...}) may be shared by stage-2 variants."""
+    layers = freeze_for_stage2(model)
+    if features is None:
+        features = build_features(cfg, model, td, layers, progress, cached)
+    train_f = features["train"]
+    eval_f = {s: features[s] for s in td.evals}
+
+    def train_mode():
+        model.eval()
+        for m in layers:
+            model.exit(m).train()
+
+    named = [(f"exits.{m}.{n}", p) for m in layers for n, p in model.exit(m).named_parameters()]
+    log = fit(cfg, named_params=named, n_train=len(td.train), get_batch=train_f,
+              objective=stage2_objective(cfg, model, layers), set_train_mode=train_mode,
+              evaluate=lambda: evaluate_features(model, eval_f, cfg.task, cfg.precision, layers),
+              epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, acl_grad=cfg.stage2_grad,
+              log_angles=cfg.log_angles and cfg.stage2_aux != "none",
+              desc=f"{cfg.task} 2st stage 2 ({cfg.stage2_aux})", progress=progress)
+    return log, features
+
+
+def build_features(cfg: RunConfig, model: MultiExitModel, td: TaskData, layers, progress: bool = True,
+                   cached: bool = True) -> dict:
+    if not cached:
+        return {s: LiveFeatures(model, d, layers, cfg.precision, td.pad_id)
+                for s, d in {"train": td.train, **td.evals}.items()}
+    return {s: FrozenFeatures(model, d, layers, cfg.precision, td.pad_id, progress, f"{cfg.task} {s} features")
+            for s, d in {"train": td.train, **td.evals}.items()}
