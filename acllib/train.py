@@ -336,8 +336,9 @@ class LiveFeatures:
             teacher = self.model.run_exits(hs, batch["attention_mask"], [last])[0]
         teacher_exit.train(teacher_mode)
         self.model.backbone.train(was_training)
-        return {"hidden": torch.stack([hs[m] for m in self.layers], dim=2).to(torch.bfloat16),
-                "attention_mask": batch["attention_mask"], "labels": batch["labels"],
+        mask = batch["attention_mask"]
+        hidden = torch.stack([hs[m] for m in self.layers], dim=2) * mask[:, :, None, None]  # as cached
+        return {"hidden": hidden.to(torch.bfloat16), "attention_mask": mask, "labels": batch["labels"],
                 "teacher_rep": teacher.rep.float(), "teacher_logits": teacher.logits.float()}
 
 

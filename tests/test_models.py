@@ -1,0 +1,89 @@
+"""Exits and the multi-exit model against independent references (plain nn.MultiheadAttention,
+the Hugging Face backbone's own hidden states)."""
+import torch
+from torch import nn
+
+from acllib.models import LinearExit, MHAExit, MultiExitModel, load_backbone
+
+
+def _batch(b=3, length=7, vocab=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (b, length), generator=g)
+    mask = torch.ones(b, length, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_mha_exit_cls_only_attention_equals_full_self_attention():
+    torch.manual_seed(0)
+    ex = MHAExit(hidden_size=24, num_labels=3, d_e=16, heads=4, dropout=0.1).eval()
+    hidden = torch.randn(3, 7, 24)
+    mask = _batch()["attention_mask"]
+    h, logits = ex(hidden, mask)
+    # Reference: full self-attention over every position, then take [CLS], tanh, then h W^T.
+    x = torch.tanh(ex.down(hidden))
+    full, _ = ex.attn(x, x, x, key_padding_mask=mask == 0)
+    h_ref = torch.tanh(full[:, 0])
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, h_ref @ ex.classifier.weight.T, rtol=1e-5, atol=1e-6)
+    assert ex.label_embeddings.shape == (3, 16)
+
+
+def test_mha_exit_ignores_padding():
+    torch.manual_seed(0)
+    ex = MHAExit(24, 2, 16, 4, 0.0).eval()
+    hidden = torch.randn(3, 7, 24)
+    mask = _batch()["attention_mask"]
+    changed = hidden.clone()
+    changed[mask == 0] = 100.0  # garbage in padded positions
+    torch.testing.assert_close(ex(hidden, mask)[0], ex(changed, mask)[0])
+
+
+def test_linear_exit_reads_cls():
+    torch.manual_seed(0)
+    ex = LinearExit(24, 2, dropout=0.0).eval()
+    hidden = torch.randn(3, 7, 24)
+    h, logits = ex(hidden, torch.ones(3, 7))
+    torch.testing.assert_close(h, hidden[:, 0])
+    torch.testing.assert_close(logits, hidden[:, 0] @ ex.classifier.weight.T + ex.classifier.bias)
+
+
+def test_exits_read_the_backbones_hidden_states():
+    backbone = load_backbone("tiny", dropout=0.0, seed=3)
+    model = MultiExitModel(backbone, 2, [1, 2, 3, 4], "mha", 16, 2, 0.0).eval()
+    batch = _batch()
+    with torch.no_grad():
+        ref = backbone(**batch, output_hidden_states=True).hidden_states
+        outs = model(batch)
+        for o in outs:
+            torch.testing.assert_close(o.rep, model.exit(o.layer)(ref[o.layer], batch["attention_mask"])[0])
+    assert [o.layer for o in outs] == [1, 2, 3, 4]
+
+
+def test_direct_model_keeps_first_layers_only():
+    full = load_backbone("tiny", dropout=0.0, seed=3).eval()
+    with torch.no_grad():
+        ref = full(**_batch(), output_hidden_states=True).hidden_states
+    model = MultiExitModel(load_backbone("tiny", dropout=0.0, seed=3), 2, [2], depth=2).eval()
+    with torch.no_grad():
+        hs = model.hidden_states(_batch())
+    assert model.num_layers == 2 and len(hs) == 3
+    torch.testing.assert_close(hs[2], ref[2])
+
+
+def test_parameter_report_counts():
+    model = MultiExitModel(load_backbone("tiny", 0.1, 0), 2, [1, 2, 3, 4], "mha", 16, 2)
+    rep = model.parameter_report()
+    per_exit = sum(p.numel() for p in model.exit(1).parameters())
+    # down 32*16+16, attention in/out 3*16*16+3*16 + 16*16+16, classifier 16*2 (no bias)
+    assert per_exit == (32 * 16 + 16) + (3 * 16 * 16 + 48) + (16 * 16 + 16) + 32
+    assert rep["params_per_exit"] == per_exit and rep["exit_params_total"] == 4 * per_exit
+    assert rep["backbone_params"] == sum(p.numel() for p in model.backbone.parameters())
+
+
+def test_unknown_exit_is_rejected():
+    import pytest
+    with pytest.raises(ValueError, match="unknown exit 'conv'.*mha, linear"):
+        MultiExitModel(load_backbone("tiny", 0.1, 0), 2, [4], exit_kind="conv")

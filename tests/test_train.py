@@ -1,0 +1,182 @@
+"""Training strategies on the smoke profile: ACL-Grad, stage 2, JT/ALT, determinism and the run cache."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from acllib import make_config, runs, train
+from acllib.losses import acl_embed_loss, angle_between
+from acllib.models import load_tokenizer
+
+
+def _setup(cfg):
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    model = train.build_model(cfg, 2)
+    return td, model
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _one_step(cfg, model, batch, epoch=1):
+    """One update exactly as train.fit makes it, on a fixed batch."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    opt, _ = train.make_optimizer(named, cfg.lr, cfg.weight_decay, 10, 0.0)
+    model.train()
+    torch.manual_seed(123)  # the same dropout masks for every variant
+    loss = train.full_objective(cfg, model)(batch, epoch)
+    measured = train.backward(loss, params, cfg.acl_grad, cfg.angle_threshold, cfg.log_angles)
+    torch.nn.utils.clip_grad_norm_(params, train.MAX_GRAD_NORM)
+    opt.step()
+    return measured
+
+
+@pytest.fixture(scope="module")
+def rte_batch(cache):
+    cfg = make_config("smoke", "rte", precision="fp32")
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    return train.BatchGetter(td.train, td.pad_id)(list(range(16)))
+
+
+def test_acl_grad_over_threshold_equals_ce_step(rte_batch):
+    ce = make_config("smoke", "rte", method="ce", precision="fp32")
+    acl = make_config("smoke", "rte", method="acl", angle_threshold=0.0, precision="fp32")
+    m_ce, m_acl = train.build_model(ce, 2), train.build_model(acl, 2)
+    _one_step(ce, m_ce, rte_batch)
+    measured = _one_step(acl, m_acl, rte_batch)
+    (angle, lam), = measured
+    assert angle > 0.0 and lam == 0.0  # over the threshold: the ACL term is dropped
+    p_ce, p_acl = _params(m_ce), _params(m_acl)
+    assert all(torch.equal(p_ce[n], p_acl[n]) for n in p_ce)
+
+
+def test_acl_grad_under_threshold_uses_weighted_sum(rte_batch):
+    acl = make_config("smoke", "rte", method="acl", angle_threshold=180.0, precision="fp32", lam=0.3)
+    model = train.build_model(acl, 2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    torch.manual_seed(123)
+    loss = train.full_objective(acl, model)(rte_batch, 1)
+    # Reference: the gradient of the weighted loss, and the angle of separately computed gradients.
+    g_ce = torch.autograd.grad(loss.main, params, retain_graph=True, allow_unused=True)
+    g_acl = torch.autograd.grad(loss.aux, params, retain_graph=True, allow_unused=True)
+    ref = torch.autograd.grad(0.7 * loss.main + 0.3 * loss.aux, params, retain_graph=True, allow_unused=True)
+    (angle, lam), = train.backward(loss, params, True, 180.0, False)
+    assert lam == 0.3
+    assert math.isclose(angle, angle_between(g_ce, g_acl), rel_tol=1e-9)
+    for p, r in zip(params, ref):
+        if r is not None:
+            torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-5)
+
+
+def test_acl_objective_is_ce_plus_acl_embed(rte_batch):
+    cfg = make_config("smoke", "rte", method="acl-embed", precision="fp32")
+    model = train.build_model(cfg, 2).eval()
+    loss = train.full_objective(cfg, model)(rte_batch, 1)
+    out = model(rte_batch)[-1]
+    last = model.exit(model.exit_layers[-1])
+    y = rte_batch["labels"]
+    torch.testing.assert_close(loss.main, F.cross_entropy(out.logits, y))
+    torch.testing.assert_close(loss.aux, acl_embed_loss(out.rep, y, last.classifier.weight, cfg.tau))
+    assert loss.lam == cfg.lam
+
+
+def test_jt_loss_is_sum_of_exit_ces(rte_batch):
+    cfg = make_config("smoke", "rte", strategy="jt", precision="fp32")
+    model = train.build_model(cfg, 2).eval()
+    loss = train.full_objective(cfg, model)(rte_batch, 1)
+    y = rte_batch["labels"]
+    ref = sum(F.cross_entropy(model(rte_batch, [m])[0].logits, y) for m in (1, 2, 3, 4))
+    torch.testing.assert_close(loss.main, ref)
+    assert loss.aux is None
+
+
+def test_alt_alternates_between_eq7_and_eq8(rte_batch):
+    cfg = make_config("smoke", "rte", strategy="alt", precision="fp32")
+    model = train.build_model(cfg, 2).eval()
+    y = rte_batch["labels"]
+    objective = train.full_objective(cfg, model)
+    last_only = F.cross_entropy(model(rte_batch, [4])[0].logits, y)
+    joint = sum(F.cross_entropy(o.logits, y) for o in model(rte_batch))
+    for epoch, ref in [(1, last_only), (2, joint), (3, last_only), (4, joint)]:
+        torch.testing.assert_close(objective(rte_batch, epoch).main, ref)
+
+
+def test_alt_odd_epoch_leaves_intermediate_exits_untouched(cache):
+    cfg = make_config("smoke", "rte", strategy="alt", epochs=1)
+    td, model = _setup(cfg)
+    before = _params(model)
+    train.train_full(cfg, model, td, progress=False)
+    after = _params(model)
+    for name in before:
+        unchanged = torch.equal(before[name], after[name])
+        if name.startswith("exits.") and not name.startswith("exits.4."):
+            assert unchanged, name
+    assert not torch.equal(before["exits.4.classifier.weight"], after["exits.4.classifier.weight"])
+
+
+@pytest.mark.parametrize("aux,grad", [("acl-cl", True), ("scl", False)])
+def test_stage2_freezes_backbone_and_last_exit(cache, aux, grad):
+    cfg = make_config("smoke", "mrpc", strategy="2st", stage2_aux=aux, stage2_grad=grad, stage2_kd=True)
+    td, model = _setup(cfg)
+    before = _params(model)
+    log, _ = train.train_stage2(cfg, model, td, progress=False)
+    after = _params(model)
+    for name in before:
+        frozen = name.startswith("backbone.") or name.startswith("exits.4.")
+        assert torch.equal(before[name], after[name]) == frozen, name
+    assert len(log.epochs) == cfg.stage2_epochs
+    assert set(log.epochs[-1]["eval"]["validation"]) == {"1", "2", "3"}
+    if grad:  # one ACL-Grad decision per intermediate exit and step
+        steps = cfg.stage2_epochs * math.ceil(len(td.train) / cfg.batch_size)
+        assert len(log.angles) == 3 * steps
+
+
+def test_stage2_cached_and_live_features_agree(cache):
+    cfg = make_config("smoke", "mrpc", strategy="2st", precision="fp32")
+    td, model = _setup(cfg)
+    layers = train.freeze_for_stage2(model)
+    cached = train.build_features(cfg, model, td, layers, progress=False, cached=True)["train"]
+    live = train.build_features(cfg, model, td, layers, progress=False, cached=False)["train"]
+    idx = [3, 0, 7]
+    a, b = cached(idx), live(idx)
+    for key in ("attention_mask", "labels"):
+        assert torch.equal(a[key], b[key])
+    torch.testing.assert_close(a["hidden"].float(), b["hidden"].float())
+    torch.testing.assert_close(a["teacher_logits"], b["teacher_logits"], rtol=1e-4, atol=1e-5)
+
+
+def _comparable(result):
+    return {k: result[k] for k in ("final", "score", "angles")} | {
+        "epochs": [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in result["epochs"]]}
+
+
+def test_same_config_twice_gives_identical_results(cache):
+    cfg = make_config("smoke", "rte", method="acl", seed=7)
+    first = runs.run(cfg, progress=False, force=True)
+    second = runs.run(cfg, progress=False, force=True)
+    assert _comparable(first) == _comparable(second)
+    assert first["angles"], "ACL-Grad must log its angles"
+
+
+def test_finished_runs_come_from_the_cache(cache, monkeypatch):
+    cfg = make_config("smoke", "rte", method="ce", seed=11)
+    first = runs.run(cfg, progress=False)
+    assert runs.result_path(cfg).exists() and runs.model_path(cfg).exists()
+    monkeypatch.setattr(train, "train_full", lambda *a, **k: pytest.fail("cached run was re-run"))
+    assert runs.run(cfg, progress=False) == first
+
+
+def test_two_stage_shares_stage1_and_reports_every_exit(cache):
+    base = dict(strategy="2st", method="ce", seed=5)
+    cfgs = [make_config("smoke", "mrpc", **base, stage2_aux=a, stage2_kd=kd) for a, kd in
+            [("none", False), ("acl-cl", True)]]
+    results = runs.run_many(cfgs, progress=False)
+    stage1 = runs.load_result(cfgs[0].stage1())
+    assert stage1 is not None and all(r["stage1_hash"] == cfgs[0].stage1().hash for r in results)
+    for r in results:
+        assert set(r["score"]) == {"1", "2", "3", "4"}
+        assert r["score"]["4"] == stage1["score"]["4"]
