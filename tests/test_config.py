@@ -1,0 +1,110 @@
+"""Configs, profiles and bad input: every mistake gets one clear line naming the bad value."""
+import subprocess
+import sys
+
+import pytest
+
+from acllib import data, make_config
+from acllib.config import PROFILES, RunConfig
+from acllib.store import REPO
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(task="qqqq"), "unknown task 'qqqq'; choose one of cola, sst2, mrpc, qqp, qnli, rte, mnli"),
+    (dict(method="acl++"), "unknown method 'acl\\+\\+'; choose one of ce, ce\\+scl, acl-embed, acl"),
+    (dict(profile="gpu"), "unknown profile 'gpu'; choose one of smoke, cpu, paper"),
+    (dict(exit="conv"), "unknown exit 'conv'; choose one of mha, linear"),
+    (dict(strategy="ee"), "unknown strategy 'ee'"),
+    (dict(stage2_aux="kd"), "unknown stage2_aux 'kd'"),
+    (dict(lam=1.5), "lam must lie in \\[0, 1\\], got 1.5"),
+    (dict(lam=-0.1), "lam must lie in \\[0, 1\\], got -0.1"),
+    (dict(tau=0.0), "tau must be > 0, got 0.0"),
+    (dict(tau=-1), "tau must be > 0, got -1"),
+    (dict(angle_threshold=200), "angle_threshold must lie in \\[0, 180\\], got 200"),
+    (dict(strategy="jt", method="acl"), "strategy 'jt' trains with CE only; method 'acl'"),
+    (dict(strategy="direct"), "strategy 'direct' needs depth >= 1"),
+    (dict(colour="red"), "unknown config field 'colour'"),
+    (dict(epochs="three"), "field 'epochs' takes a int, got 'three'"),
+])
+def test_bad_config_is_one_clear_error(kwargs, message):
+    kwargs = {"profile": "smoke", "task": "rte", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        make_config(**kwargs)
+
+
+def test_overrides_and_profiles():
+    cfg = make_config("smoke", "rte", method="acl", lam="0.1", stage2_grad="true", train_size="none")
+    assert cfg.lam == 0.1 and cfg.train_size is None
+    assert cfg.stage2_grad is False  # a single run has no stage 2: normalized away
+    assert make_config("cpu", "sst2").train_size == PROFILES["cpu"].per_task["sst2"]["train_size"]
+    assert make_config("paper", "rte").backbone == "bert-base-uncased"
+    assert make_config("smoke", "rte").precision in ("bf16", "fp32")  # "auto" is resolved
+
+
+def test_hash_is_stable_and_ignores_unused_fields():
+    a = make_config("smoke", "rte", method="ce", lam=0.5)
+    b = make_config("smoke", "rte", method="ce", lam=0.1)
+    assert a.hash == b.hash  # CE has no auxiliary loss, so lam does not change the run
+    c = make_config("smoke", "rte", method="acl", lam=0.5)
+    assert c.hash != make_config("smoke", "rte", method="acl", lam=0.1).hash
+    assert c.hash == make_config("smoke", "rte", method="acl", lam=0.5).hash
+    two = make_config("smoke", "rte", strategy="2st", method="acl", stage2_aux="acl-cl", lam=0.5)
+    assert two.stage1() == c.stage1() == c
+    ce_two = make_config("smoke", "rte", strategy="2st", method="ce", stage2_aux="acl-cl", lam=0.5)
+    assert ce_two.stage1() == a  # stage 1 of a CE backbone does not depend on lam
+
+
+def test_missing_task_and_split_name_what_and_where(tmp_path, cache):
+    src = data.glue_source()
+    with pytest.raises(ValueError, match=f"task 'qqp' is missing from GLUE source '{src}'"):
+        data.load_split("qqp", "train")
+    with pytest.raises(ValueError, match="split 'train' of task 'qnli' is missing .* \\(it has: validation\\)"):
+        data.load_split("qnli", "train")
+    with pytest.raises(FileNotFoundError, match="GLUE source folder '/nonexistent/glue' does not exist"):
+        data.load_split("rte", "train", source="/nonexistent/glue")
+
+
+def test_missing_model_folder():
+    from acllib.models import load_backbone
+    with pytest.raises(FileNotFoundError, match="model folder './no-such-model' does not exist"):
+        load_backbone("./no-such-model", 0.1)
+
+
+def _cli(*args, env_extra=None):
+    import os
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "acllib", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--profile", "smoke", "--task", "wnli"], "error: unknown task 'wnli'"),
+    (["run", "--profile", "smoke", "--set", "lam=2"], "error: lam must lie in [0, 1], got 2.0"),
+    (["run", "--profile", "smoke", "--task", "qnli"], "error: split 'train' of task 'qnli' is missing"),
+    (["run", "--profile", "smoke", "--set", "backbone=./nowhere"], "error: model folder './nowhere' does not exist"),
+])
+def test_cli_bad_input_is_one_line(args, message, cache):
+    proc = _cli(*args, env_extra={"ACL_CACHE": str(cache)})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
+def test_cli_missing_glue_folder(cache):
+    proc = _cli("run", "--profile", "smoke", env_extra={"ACL_GLUE_SOURCE": "/nonexistent/glue",
+                                                        "ACL_CACHE": str(cache)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: GLUE source folder '/nonexistent/glue' does not exist"
+
+
+def test_cli_runs_and_prints_metrics(cache):
+    proc = _cli("run", "--profile", "smoke", "--task", "rte", "--method", "acl", "--quiet",
+                env_extra={"ACL_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    assert "final accuracy" in proc.stdout and "examples/s" in proc.stdout and "angles:" in proc.stdout
+
+
+def test_runconfig_defaults_are_the_papers():
+    cfg = RunConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup_ratio, cfg.epochs, cfg.dropout) == (2e-5, 0.01, 0.1, 15, 0.1)
+    assert (cfg.tau, cfg.lam, cfg.angle_threshold, cfg.d_e, cfg.max_length) == (0.5, 0.02, 90.0, 64, 128)

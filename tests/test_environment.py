@@ -1,0 +1,42 @@
+"""environment.yml (conda) and requirements.txt (pip) describe the same environment."""
+import re
+
+from acllib.store import REPO
+
+
+def _pins(lines):
+    pins = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip().lstrip("- ").strip()
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*==\s*([^\s]+)", line)
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def _environment_pip_section():
+    lines = (REPO / "environment.yml").read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.strip() == "- pip:")
+    indent = len(lines[start + 1]) - len(lines[start + 1].lstrip())
+    section = []
+    for line in lines[start + 1:]:
+        if line.strip() and len(line) - len(line.lstrip()) < indent:
+            break
+        section.append(line)
+    return section
+
+
+def test_environment_yml_matches_requirements():
+    req = _pins((REPO / "requirements.txt").read_text().splitlines())
+    env = _pins(_environment_pip_section())
+    assert req and env == req
+    assert req["torch"] == "2.13.0"  # the CPU wheel; unpinned torch pulls a CUDA build
+    text = (REPO / "environment.yml").read_text()
+    assert re.search(r"^\s*-\s*python=3\.11\s*$", text, re.M)
+
+
+def test_every_requirement_is_pinned():
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[^\s]+", line), f"unpinned requirement: {line}"
