@@ -119,6 +119,19 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+# Table 2 (sec. 5.6) reduces ACL step by step to vanilla 2ST. Each row as a 2st configuration:
+# stage-1 method, then the intermediate exits' stage-2 objective. "The last exit will only provide
+# logits as soft targets" once ACL-CL is removed (row 3), so KD from the last exit runs through every row.
+TABLE2_ROWS = {
+    "ACL": dict(method="acl", stage2_kd=True, stage2_aux="acl-cl", stage2_grad=True),
+    "- CE backbone": dict(method="ce", stage2_kd=True, stage2_aux="acl-cl", stage2_grad=True),
+    "- w/o ACL-CL": dict(method="ce", stage2_kd=True, stage2_aux="acl-embed", stage2_grad=True),
+    "- w/o ACL-Grad": dict(method="ce", stage2_kd=True, stage2_aux="acl-embed", stage2_grad=False),
+    "- CE+SCL": dict(method="ce", stage2_kd=True, stage2_aux="scl", stage2_grad=False),
+    "- 2ST": dict(method="ce", stage2_kd=True, stage2_aux="none", stage2_grad=False),
+}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str

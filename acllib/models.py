@@ -51,10 +51,15 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
     for key, value in drop.items():
         if hasattr(cfg, key):
             setattr(cfg, key, value)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the dropped pooler's weights are reported "unexpected": expected
     try:
         return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False)
     except TypeError:  # encoders without a pooler option
         return AutoModel.from_pretrained(path, config=cfg)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def encoder_layers(backbone: nn.Module) -> nn.ModuleList:

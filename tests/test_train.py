@@ -180,3 +180,29 @@ def test_two_stage_shares_stage1_and_reports_every_exit(cache):
     for r in results:
         assert set(r["score"]) == {"1", "2", "3", "4"}
         assert r["score"]["4"] == stage1["score"]["4"]
+
+
+def test_gradient_accumulation_equals_one_big_batch(rte_batch):
+    cfg = make_config("smoke", "rte", method="ce", precision="fp32", dropout=0.0)
+    big, small = train.build_model(cfg, 2).eval(), train.build_model(cfg, 2).eval()
+    objective_big, objective_small = train.full_objective(cfg, big), train.full_objective(cfg, small)
+    p_big = [p for p in big.parameters() if p.requires_grad]
+    p_small = [p for p in small.parameters() if p.requires_grad]
+    train.backward(objective_big(rte_batch, 1), p_big, False, 90.0, False)
+    for half in (slice(0, 8), slice(8, 16)):  # two micro-batches of the same 16 examples
+        part = {k: v[half] for k, v in rte_batch.items()}
+        train.backward(objective_small(part, 1), p_small, False, 90.0, False, scale=0.5)
+    for a, b in zip(p_big, p_small):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_table2_rows_chain_from_acl_to_2st():
+    from acllib.config import TABLE2_ROWS
+    rows = list(TABLE2_ROWS.values())
+    assert rows[0] == dict(method="acl", stage2_kd=True, stage2_aux="acl-cl", stage2_grad=True)
+    assert rows[-1] == dict(method="ce", stage2_kd=True, stage2_aux="none", stage2_grad=False)
+    for a, b in zip(rows, rows[1:]):  # each step changes exactly one thing
+        assert sum(a[k] != b[k] for k in a) == 1
+    for row in rows:
+        make_config("smoke", "rte", strategy="2st", **row)
