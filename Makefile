@@ -8,7 +8,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 PROFILE ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test clean-cache
+.PHONY: setup test book notebook lab clean-cache
 
 setup: $(STAMP)
 
@@ -22,6 +22,17 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+book: setup
+	$(PY) book/build.py --profile $(PROFILE)
+	@echo "The book: book/_build/html/index.html"
+
+notebook: setup
+	@test -n "$(NB)" || { echo "usage: make notebook NB=01_pilot_angles [PROFILE=cpu]"; exit 2; }
+	$(PY) book/build.py --profile $(PROFILE) --only $(NB) --no-build
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks
 
 clean-cache:
 	find data_cache -mindepth 1 ! -name README.md -delete

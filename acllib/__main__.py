@@ -60,8 +60,8 @@ def main(argv=None) -> int:
         cfg = make_config(args.profile, args.task, **overrides)
         from .runs import run
         result = run(cfg, progress=not args.quiet, force=args.force)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: e.g. an unknown hub model id
+        print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)
         return 2
     _print_result(result)
     return 0

@@ -71,7 +71,7 @@ class RunConfig:
 
     def stage1(self) -> "RunConfig":
         """The full fine-tuning run that stage 1 of a 2st run is (shared by all its stage-2 variants)."""
-        return _normalize(replace(self, strategy="single"))
+        return _normalize(replace(self, strategy="single", log_angles=False))
 
 
 _STAGE2_FIELDS = ("stage2_kd", "stage2_aux", "stage2_grad", "stage2_lr", "stage2_epochs",
@@ -79,10 +79,21 @@ _STAGE2_FIELDS = ("stage2_kd", "stage2_aux", "stage2_grad", "stage2_lr", "stage2
 
 
 def _normalize(cfg: RunConfig) -> RunConfig:
-    """Reset fields a strategy does not use, so equal runs get equal hashes."""
+    """Reset fields a run does not use, so equal runs get equal hashes."""
     default = RunConfig()
     if cfg.strategy != "2st":
         cfg = replace(cfg, **{f: getattr(default, f) for f in _STAGE2_FIELDS})
+    else:
+        if cfg.stage2_aux == "none":
+            cfg = replace(cfg, stage2_grad=False)
+        if not cfg.stage2_kd:
+            cfg = replace(cfg, kd_temperature=default.kd_temperature)
+    if not cfg.acl_grad and not cfg.stage2_grad:
+        cfg = replace(cfg, angle_threshold=default.angle_threshold)
+    if cfg.exit == "linear":
+        cfg = replace(cfg, d_e=default.d_e, heads=default.heads)
+    if cfg.batch_size is not None:
+        cfg = replace(cfg, updates_per_epoch=None)
     if cfg.strategy != "direct":
         cfg = replace(cfg, depth=None)
     if cfg.strategy in ("jt", "alt") or (cfg.aux == "none" and cfg.stage2_aux == "none"):
@@ -111,7 +122,13 @@ def validate(cfg: RunConfig) -> RunConfig:
          "set batch_size or updates_per_epoch"),
         (cfg.batch_size is None or cfg.batch_size >= 2, f"batch_size must be >= 2, got {cfg.batch_size!r}"),
         (cfg.micro_batch_size >= 2, f"micro_batch_size must be >= 2, got {cfg.micro_batch_size!r}"),
-        (cfg.d_e % cfg.heads == 0, f"d_e ({cfg.d_e}) must be divisible by heads ({cfg.heads})"),
+        (cfg.heads >= 1 and cfg.d_e >= 1, f"heads and d_e must be >= 1, got {cfg.heads}/{cfg.d_e}"),
+        (cfg.heads >= 1 and cfg.d_e % max(cfg.heads, 1) == 0, f"d_e ({cfg.d_e}) must be divisible by heads ({cfg.heads})"),
+        (cfg.updates_per_epoch is None or cfg.updates_per_epoch >= 1,
+         f"updates_per_epoch must be >= 1, got {cfg.updates_per_epoch!r}"),
+        (cfg.train_size is None or cfg.train_size >= 2, f"train_size must be >= 2 or None, got {cfg.train_size!r}"),
+        (cfg.dev_size is None or cfg.dev_size >= 1, f"dev_size must be >= 1 or None, got {cfg.dev_size!r}"),
+        (8 <= cfg.max_length <= 512, f"max_length must lie in 8..512, got {cfg.max_length!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -184,7 +201,15 @@ def resolve_precision(precision: str) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Turn a command-line string into the type of RunConfig's field `name`."""
     hint = {f.name: str(f.type) for f in fields(RunConfig)}[name]  # e.g. "int | None"
+    if value is None or isinstance(value, bool):
+        return value
     if not isinstance(value, str):
+        if hint.startswith("float") and isinstance(value, (int, float)):
+            return float(value)  # lam=1 and lam=1.0 are one run
+        if hint.startswith("int") and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"field {name!r} takes a int, got {value!r}")
+            return int(value)
         return value
     if value.lower() in ("none", "null") and "None" in hint:
         return None

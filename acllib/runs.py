@@ -145,9 +145,11 @@ def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = Fa
                 features = train.build_features(cfg, model, td, layers, progress)
                 feature_seconds = time.perf_counter() - t_feat
             log, features = train.train_stage2(cfg, model, td, features, progress)
+            last = str(model.exit_layers[-1])
+            for epoch in log.epochs:  # the last exit is stage 1's, unchanged by stage 2
+                for split, scores in epoch["eval"].items():
+                    scores[last] = r1["final"][split][last]
             final = log.epochs[-1]["eval"]
-            for split, scores in final.items():  # the last exit is stage 1's, unchanged
-                scores[str(model.exit_layers[-1])] = r1["final"][split][str(model.exit_layers[-1])]
             result = _result(cfg, log, td, model, final, time.perf_counter() - t0,
                              stage1_hash=stage1.hash, feature_seconds=feature_seconds,
                              stage1_train_seconds=r1["train_seconds"])
@@ -157,7 +159,7 @@ def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = Fa
 
 def run_many(cfgs: list[RunConfig], progress: bool = True) -> list[dict]:
     """Run (or load) many configs; 2st runs are grouped by their stage 1 so it is shared."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     results: dict[str, dict] = {}
     groups: dict[str, list[RunConfig]] = {}
     for cfg in cfgs:

@@ -10,6 +10,7 @@ Strategies (`RunConfig.strategy`):
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data as gdata
 from . import metrics
@@ -279,6 +280,7 @@ class FrozenFeatures:
     def __init__(self, model: MultiExitModel, data: gdata.Encoded, layers, precision: str,
                  pad_id: int, progress: bool = False, desc: str = "caching features"):
         self.data, self.layers, self.lengths = data, list(layers), data.lengths.numpy()
+        self.precision = precision
         hidden_size = model.backbone.config.hidden_size
         self.hidden = torch.empty(int(data.offsets[-1]), len(self.layers), hidden_size, dtype=torch.bfloat16)
         last = model.exit_layers[-1]
@@ -308,6 +310,8 @@ class FrozenFeatures:
         mask = torch.arange(width)[None, :] < lens[:, None]
         pos = torch.where(mask, starts[:, None] + torch.arange(width)[None, :], torch.zeros(1, dtype=torch.long))
         hidden = self.hidden[pos] * mask[:, :, None, None]  # [B, L, n_layers, hidden]
+        if self.precision != "bf16":
+            hidden = hidden.float()  # stored in bf16 to halve memory; fp32 runs compute in fp32
         dev = device()
         return {"hidden": hidden.to(dev), "attention_mask": mask.long().to(dev),
                 "labels": self.data.labels[idx_t].to(dev),
@@ -338,7 +342,10 @@ class LiveFeatures:
         self.model.backbone.train(was_training)
         mask = batch["attention_mask"]
         hidden = torch.stack([hs[m] for m in self.layers], dim=2) * mask[:, :, None, None]  # as cached
-        return {"hidden": hidden.to(torch.bfloat16), "attention_mask": mask, "labels": batch["labels"],
+        hidden = hidden.to(torch.bfloat16)  # the same rounding as the cache
+        if self.precision != "bf16":
+            hidden = hidden.float()
+        return {"hidden": hidden, "attention_mask": mask, "labels": batch["labels"],
                 "teacher_rep": teacher.rep.float(), "teacher_logits": teacher.logits.float()}
 
 
@@ -401,11 +408,11 @@ def freeze_for_stage2(model: MultiExitModel) -> list[int]:
 
 
 def train_stage2(cfg: RunConfig, model: MultiExitModel, td: TaskData, features=None,
-                 progress: bool = True, cached: bool = True) -> tuple[FitLog, dict]:
+                 progress: bool = True) -> tuple[FitLog, dict]:
     """Stage 2 of 2st. `features` ({'train': ..., split: ...}) may be shared by stage-2 variants."""
     layers = freeze_for_stage2(model)
     if features is None:
-        features = build_features(cfg, model, td, layers, progress, cached)
+        features = build_features(cfg, model, td, layers, progress)
     train_f = features["train"]
     eval_f = {s: features[s] for s in td.evals}
 
@@ -424,8 +431,16 @@ def train_stage2(cfg: RunConfig, model: MultiExitModel, td: TaskData, features=N
     return log, features
 
 
+def feature_cache_gb(model: MultiExitModel, td: TaskData, layers) -> float:
+    tokens = int(td.train.offsets[-1]) + sum(int(d.offsets[-1]) for d in td.evals.values())
+    return tokens * len(layers) * model.backbone.config.hidden_size * 2 / 1e9  # bf16
+
+
 def build_features(cfg: RunConfig, model: MultiExitModel, td: TaskData, layers, progress: bool = True,
-                   cached: bool = True) -> dict:
+                   cached: bool | None = None) -> dict:
+    """Cached features when they fit in $ACL_FEATURE_CACHE_GB (default 8), else live ones."""
+    if cached is None:
+        cached = feature_cache_gb(model, td, layers) <= float(os.environ.get("ACL_FEATURE_CACHE_GB", "8"))
     if not cached:
         return {s: LiveFeatures(model, d, layers, cfg.precision, td.pad_id)
                 for s, d in {"train": td.train, **td.evals}.items()}

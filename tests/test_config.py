@@ -108,3 +108,25 @@ def test_runconfig_defaults_are_the_papers():
     cfg = RunConfig()
     assert (cfg.lr, cfg.weight_decay, cfg.warmup_ratio, cfg.epochs, cfg.dropout) == (2e-5, 0.01, 0.1, 15, 0.1)
     assert (cfg.tau, cfg.lam, cfg.angle_threshold, cfg.d_e, cfg.max_length) == (0.5, 0.02, 90.0, 64, 128)
+
+
+def test_equal_runs_share_a_hash():
+    assert make_config("smoke", "rte", method="acl", lam=1).hash == make_config("smoke", "rte", method="acl", lam=1.0).hash
+    two = dict(strategy="2st", method="ce")
+    assert (make_config("smoke", "rte", **two, stage2_grad=True).hash
+            == make_config("smoke", "rte", **two, stage2_grad=False).hash)  # no aux: nothing to gate
+    assert (make_config("smoke", "rte", **two, kd_temperature=3.0).hash
+            == make_config("smoke", "rte", **two).hash)  # no KD
+    logged = make_config("smoke", "rte", strategy="2st", method="acl", stage2_aux="scl", log_angles=True)
+    assert logged.stage1() == make_config("smoke", "rte", method="acl")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(heads=0), "heads and d_e must be >= 1"),
+    (dict(train_size=0), "train_size must be >= 2 or None, got 0"),
+    (dict(max_length=4096), "max_length must lie in 8..512, got 4096"),
+    (dict(batch_size=16.5), "field 'batch_size' takes a int, got 16.5"),
+])
+def test_more_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_config("smoke", "rte", **kwargs)

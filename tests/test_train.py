@@ -206,3 +206,12 @@ def test_table2_rows_chain_from_acl_to_2st():
         assert sum(a[k] != b[k] for k in a) == 1
     for row in rows:
         make_config("smoke", "rte", strategy="2st", **row)
+
+
+def test_stage2_runs_in_fp32(cache):
+    cfg = make_config("smoke", "mrpc", strategy="2st", precision="fp32", stage2_aux="acl-cl",
+                      stage2_grad=True, stage2_kd=True, stage2_epochs=1)
+    td, model = _setup(cfg)
+    log, _ = train.train_stage2(cfg, model, td, progress=False)
+    assert math.isfinite(log.epochs[0]["train_main_loss"])
+    assert set(log.epochs[0]["eval"]["validation"]) == {"1", "2", "3"}

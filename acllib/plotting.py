@@ -1,0 +1,24 @@
+"""One look for every figure of the book: seaborn theme, one colour per method, provenance captions."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+# Figure 2 of the paper draws CE in blue and CE+SCL in orange; every other method keeps one colour too.
+_PALETTE = sns.color_palette("colorblind")
+METHOD_COLORS = {
+    "CE": _PALETTE[0], "CE+SCL": _PALETTE[1], "ACL": _PALETTE[2], "ACL-Embed": _PALETTE[4],
+    "JT": _PALETTE[3], "2ST-linear": _PALETTE[7], "2ST-MHA": _PALETTE[5], "ALT": _PALETTE[6],
+    "ACL-CL": _PALETTE[2], "paper": (0.35, 0.35, 0.35),
+}
+
+
+def setup() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=1.0)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
+
+
+def caption(profile: str, backbone: str, seeds, extra: str = "") -> str:
+    """The line under every figure saying what produced it."""
+    text = f"Measured here: profile '{profile}', backbone '{backbone}', seeds {list(seeds)}"
+    return text + (f"; {extra}" if extra else "")

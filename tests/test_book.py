@@ -1,0 +1,48 @@
+"""Every notebook executes with papermill at the smoke profile and the book builds with -W."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from acllib import paper
+from acllib.store import REPO
+
+CHAPTERS = {  # notebook -> what its page must show
+    "01_pilot_angles": {"images": 2, "tables": 3, "paper": [paper.numbers()["pilot"]["ce"]["mean"],
+                                                             paper.numbers()["pilot"]["ce+scl"]["mean"]]},
+}
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory, cache):
+    book = tmp_path_factory.mktemp("book") / "book"
+    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
+    env = {**os.environ, "ACL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke",
+                           "--book-dir", str(book)], capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return book / "_build" / "html"
+
+
+def test_every_notebook_is_a_chapter():
+    notebooks = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
+    assert notebooks == sorted(CHAPTERS)
+    toc = (REPO / "book" / "_toc.yml").read_text()
+    for name in notebooks:
+        assert f"executed/{name}" in toc
+
+
+@pytest.mark.parametrize("name", sorted(CHAPTERS))
+def test_chapter_shows_figures_tables_and_paper_numbers(built_book, name):
+    html = (built_book / "executed" / f"{name}.html").read_text()
+    want = CHAPTERS[name]
+    assert len(re.findall(r"<img ", html)) >= want["images"]
+    assert len(re.findall(r"<table", html)) >= want["tables"]
+    for number in want["paper"]:
+        assert f"{number}" in html
+    for bad in ("Traceback", "Error", "Warning:"):
+        assert bad not in html, f"{bad} in {name}"
+    assert "Measured here: profile &#39;smoke&#39;" in html or "Measured here: profile 'smoke'" in html
