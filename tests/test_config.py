@@ -91,7 +91,7 @@ def test_cli_bad_input_is_one_line(args, message, cache):
 
 
 def test_cli_missing_glue_folder(cache):
-    proc = _cli("run", "--profile", "smoke", env_extra={"ACL_GLUE_SOURCE": "/nonexistent/glue",
+    proc = _cli("run", "--profile", "smoke", "--force", env_extra={"ACL_GLUE_SOURCE": "/nonexistent/glue",
                                                         "ACL_CACHE": str(cache)})
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: GLUE source folder '/nonexistent/glue' does not exist"
