@@ -26,9 +26,7 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True) -> list[float]:
     if path.exists():
         return store.read_json(path)["angles"]
     runs.run(cfg, progress)
-    model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
-    model.load_state_dict(store.load_tensors(runs.model_path(cfg)))
-    model.eval()
+    model = runs.load_model(cfg)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     getter = train.BatchGetter(td.train, td.pad_id)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -47,3 +45,63 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True) -> list[float]:
         angles.append(gradient_angle(scl, ce, params))
     store.write_json(path, {"config": cfg.to_dict(), "angles": angles})
     return angles
+
+
+def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) -> float:
+    """FLOPs of one forward pass of one example of length `seq_len` up to exit `layer` (default:
+    the model's last exit), counted by torch.utils.flop_counter (matmuls and attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels).eval()
+    layer = layer or model.exit_layers[-1]
+    if layer != model.num_layers:  # count only the layers an exit at `layer` needs
+        from .models import encoder_layers
+        del encoder_layers(model.backbone)[layer:]
+    batch = {"input_ids": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),
+             "attention_mask": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),
+             "token_type_ids": torch.zeros(1, seq_len, dtype=torch.long, device=train.device())}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        hs = model.hidden_states(batch)
+        model.run_exits(hs, batch["attention_mask"], [layer])
+    return float(counter.get_total_flops())
+
+
+def score_of(result: dict, layer: int | str | None = None) -> float:
+    """A run's headline dev score at an exit (default: its deepest)."""
+    scores = result["score"]
+    return scores[str(layer) if layer is not None else max(scores, key=int)]
+
+
+def cross_layer_average(result: dict) -> float:
+    """The mean of a multi-exit run's headline scores over all its exits (Tables 2 and 3)."""
+    return float(np.mean(list(result["score"].values())))
+
+
+@torch.no_grad()
+def exit_representations(cfg: RunConfig, layer: int, split: str | None = None) -> dict:
+    """Exit `layer`'s representations h^e of a dev split, with labels, predictions and the exit's
+    label embeddings (the rows of its classifier W), for the t-SNE of sec. 5.7."""
+    model = runs.load_model(cfg)
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    split = split or next(iter(td.evals))
+    data = td.evals[split]
+    reps = torch.zeros(len(data), model.exit(layer).label_embeddings.shape[1])
+    preds = torch.zeros(len(data), dtype=torch.long)
+    for idx in gdata.length_grouped_batches(data.lengths, train.EVAL_BATCH, None):
+        batch = {k: v.to(train.device()) for k, v in gdata.collate(data, idx, td.pad_id).items()}
+        with train.autocast(cfg.precision):
+            out = model(batch, [layer])[0]
+        reps[idx] = out.rep.float().cpu()
+        preds[idx] = out.logits.argmax(-1).cpu()
+    labels = data.labels.numpy()
+    return {"reps": reps.numpy(), "labels": labels, "preds": preds.numpy(),
+            "label_embeddings": model.exit(layer).label_embeddings.detach().float().cpu().numpy(),
+            "score": train.score(cfg.task, labels, preds.numpy())}
+
+
+def tsne_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
+    """t-SNE of l2-normalized points (the geometry the contrastive losses see)."""
+    from sklearn.manifold import TSNE
+    x = points / np.linalg.norm(points, axis=1, keepdims=True).clip(min=1e-12)
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)

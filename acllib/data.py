@@ -60,6 +60,8 @@ def load_split(task: str, split: str, source: str | None = None):
     looks_local = source.startswith((".", "/", "~")) or Path(source).is_dir()
     if looks_local and not Path(source).expanduser().is_dir():
         raise FileNotFoundError(f"GLUE source folder {source!r} does not exist")
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one-off conversion bars would land in notebooks' stderr
     try:
         dd = datasets.load_dataset(str(Path(source).expanduser()) if looks_local else source, spec.name)
     except ValueError as err:
@@ -69,6 +71,9 @@ def load_split(task: str, split: str, source: str | None = None):
     except (ConnectionError, OSError) as err:
         raise RuntimeError(f"could not load task {task!r} from GLUE source {source!r}: "
                            f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     if split not in dd:
         raise ValueError(f"split {split!r} of task {task!r} is missing from GLUE source {source!r} "
                          f"(it has: {', '.join(dd)})")

@@ -54,12 +54,25 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the dropped pooler's weights are reported "unexpected": expected
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per load would land in every notebook's stderr
     try:
         return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False)
     except TypeError:  # encoders without a pooler option
         return AutoModel.from_pretrained(path, config=cfg)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def backbone_depth(backbone: str) -> int:
+    """Number of transformer layers of a backbone, from its config alone (no weights loaded)."""
+    if backbone == "tiny":
+        return TINY["num_hidden_layers"]
+    from transformers import AutoConfig
+    path = str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone)
+    return AutoConfig.from_pretrained(path).num_hidden_layers
 
 
 def encoder_layers(backbone: nn.Module) -> nn.ModuleList:

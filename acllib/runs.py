@@ -2,7 +2,7 @@
 
 data_cache/runs/<hash>.json holds per-epoch, per-exit dev metrics, the angle log, timings and
 provenance; data_cache/models/<hash>.safetensors the fine-tuned weights of full fine-tuning runs
-(the stage 1 that 2st runs start from). A run whose results file exists is never run again, and
+(the stage 1 that 2st runs start from) and, for 2st runs, their intermediate exits. A run whose results file exists is never run again, and
 every file is written atomically, so an interrupted run leaves nothing half-written.
 """
 from __future__ import annotations
@@ -121,6 +121,22 @@ def load_stage1(model, stage1: RunConfig) -> None:
                            f"missing {wrong[:3]}, unexpected {unexpected[:3]}")
 
 
+def load_model(cfg: RunConfig):
+    """The trained model of a finished run (running it first if needed): single runs from their
+    checkpoint, 2st runs from stage 1's checkpoint plus their own intermediate exits."""
+    from .train import build_model
+    run(cfg, progress=False)
+    model = build_model(cfg, gdata.get_task(cfg.task).num_labels)
+    if cfg.strategy == "2st":
+        load_stage1(model, cfg.stage1())
+        model.load_state_dict(store.load_tensors(model_path(cfg)), strict=False)
+    elif cfg.strategy == "single":
+        model.load_state_dict(store.load_tensors(model_path(cfg)))
+    else:
+        raise ValueError(f"weights are kept for 'single' and '2st' runs only, not {cfg.strategy!r}")
+    return model.eval()
+
+
 def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = False) -> list[dict]:
     """2st runs sharing one stage 1: it is trained (or loaded) once, the frozen backbone's features
     are computed once, and each variant trains its intermediate exits on them."""
@@ -153,6 +169,9 @@ def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = Fa
             result = _result(cfg, log, td, model, final, time.perf_counter() - t0,
                              stage1_hash=stage1.hash, feature_seconds=feature_seconds,
                              stage1_train_seconds=r1["train_seconds"])
+            # The intermediate exits only (the rest is stage 1's checkpoint): ~1% of the model.
+            store.save_tensors(model_path(cfg), {k: v for k, v in model.state_dict().items()
+                                                 if k.startswith("exits.") and k.split(".")[1] != last})
             store.write_json(result_path(cfg), result)
     return [load_result(c) for c in cfgs]
 

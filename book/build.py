@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     book = Path(args.book_dir).resolve()
     executed = book / "executed"
     names = args.only or sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    timings_path = executed / "timings.json"
+    from acllib import store  # timings live beside the chapters' results, per profile
+    timings_path = store.cache_dir("book", args.profile) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for name in names:
         print(f"== {name} (profile {args.profile})", flush=True)
