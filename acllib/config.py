@@ -10,6 +10,10 @@ from typing import Any
 from .data import get_task
 from .models import EXITS
 
+# Part of every run's hash: bump it when a code change alters what a config's run produces, so that
+# cached results made by the old code are not reused.
+RESULTS_VERSION = 1
+
 STRATEGIES = ("single", "direct", "2st", "jt", "alt")
 # Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)
 METHODS = {"ce": ("none", False), "ce+scl": ("scl", False),
@@ -66,7 +70,7 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True)
+        blob = json.dumps({**self.to_dict(), "results_version": RESULTS_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage1(self) -> "RunConfig":

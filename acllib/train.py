@@ -145,9 +145,13 @@ class FitLog:
 
 def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set_train_mode,
         evaluate, epochs: int, lr: float, acl_grad: bool, log_angles: bool, desc: str,
-        progress: bool) -> FitLog:
-    """The training loop shared by every strategy and stage."""
+        progress: bool, clip_groups=None) -> FitLog:
+    """The training loop shared by every strategy and stage.
+
+    clip_groups: parameter groups whose gradient norms are clipped separately (default: one group).
+    """
     params = [p for _, p in named_params]
+    clip_groups = clip_groups or [params]
     batch_size = update_batch_size(cfg, n_train)
     lengths = get_batch.lengths
     updates = math.ceil(n_train / batch_size)
@@ -171,7 +175,8 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
                                            scale=len(chunk) / len(idx)):
                     log.angles.append({"epoch": epoch, "step": step, "angle": angle, "lam": lam})
                 losses.append(float(loss.main.detach()))
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            for group in clip_groups:
+                torch.nn.utils.clip_grad_norm_(group, MAX_GRAD_NORM)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -427,7 +432,9 @@ def train_stage2(cfg: RunConfig, model: MultiExitModel, td: TaskData, features=N
               evaluate=lambda: evaluate_features(model, eval_f, cfg.task, cfg.precision, layers),
               epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, acl_grad=cfg.stage2_grad,
               log_angles=cfg.log_angles and cfg.stage2_aux != "none",
-              desc=f"{cfg.task} 2st stage 2 ({cfg.stage2_aux})", progress=progress)
+              desc=f"{cfg.task} 2st stage 2 ({cfg.stage2_aux})", progress=progress,
+              # per exit, so that one exit's large gradient does not shrink the others' steps
+              clip_groups=[list(model.exit(m).parameters()) for m in layers])
     return log, features
 
 

@@ -215,3 +215,21 @@ def test_stage2_runs_in_fp32(cache):
     log, _ = train.train_stage2(cfg, model, td, progress=False)
     assert math.isfinite(log.epochs[0]["train_main_loss"])
     assert set(log.epochs[0]["eval"]["validation"]) == {"1", "2", "3"}
+
+
+def test_stage2_trains_each_exit_as_if_alone(cache, monkeypatch):
+    """Exits are independent given the frozen backbone: training exit 1 with exits 2 and 3 beside it
+    gives exit 1 the same weights as training it alone (per-exit clipping included)."""
+    from acllib.models import MultiExitModel, load_backbone
+    monkeypatch.setattr(train, "MAX_GRAD_NORM", 1e-3)  # make clipping bind on every step
+    cfg = make_config("smoke", "mrpc", strategy="2st", dropout=0.0, precision="fp32", stage2_epochs=2)
+    td, together = _setup(cfg)
+    torch.manual_seed(cfg.seed)
+    alone = MultiExitModel(load_backbone(cfg.backbone, cfg.dropout, seed=cfg.seed), 2, [1, 4], cfg.exit,
+                           cfg.d_e, cfg.heads, cfg.dropout)
+    alone.load_state_dict({k: v for k, v in together.state_dict().items()
+                           if not k.startswith(("exits.2.", "exits.3."))})
+    train.train_stage2(cfg, together, td, progress=False)
+    train.train_stage2(cfg, alone, td, progress=False)
+    for name, p in alone.exit(1).named_parameters():
+        torch.testing.assert_close(p, dict(together.exit(1).named_parameters())[name], rtol=1e-5, atol=1e-6)
