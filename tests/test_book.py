@@ -19,7 +19,7 @@ CHAPTERS = {  # notebook -> what its page must show
     "04_table2_ablation": {"images": 0, "tables": 2, "paper": [paper.table2("- CE+SCL")["rte"]]},
     "05_table3_lambda": {"images": 1, "tables": 1, "paper": [paper.numbers()["table3"]["ce+scl"][-1]]},
     "06_tsne": {"images": 1, "tables": 1, "paper": [paper.numbers()["tsne"]["acl"]]},
-    "07_claims": {"images": 0, "tables": 1, "paper": ["75°–105°"], "caption": False},
+    "07_claims": {"images": 0, "tables": 1, "paper": ["75°–105°", paper.numbers()["tsne"]["acl"]], "caption": False},
     "08_differences": {"images": 0, "tables": 1, "paper": ["bert-base-uncased, roberta-base"], "caption": False},
     "09_provenance": {"images": 0, "tables": 3, "paper": [], "caption": False},
 }
