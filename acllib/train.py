@@ -25,7 +25,7 @@ from . import metrics
 from .config import RunConfig
 from .losses import (acl_cross_layer_loss, acl_embed_loss, acl_grad_weight, angle_between, kd_loss,
                      supcon_loss)
-from .models import MultiExitModel, load_backbone, load_tokenizer
+from .models import MultiExitModel, encoder_layers, load_backbone, load_tokenizer
 
 MAX_GRAD_NORM = 1.0  # Hugging Face Trainer's default, which the paper keeps (sec. 5.3)
 EVAL_BATCH = 128
@@ -229,7 +229,6 @@ class BatchGetter:
 def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
     backbone = load_backbone(cfg.backbone, cfg.dropout, seed=cfg.seed)
     n = cfg.depth if cfg.strategy == "direct" else None
-    from .models import encoder_layers
     m = n or len(encoder_layers(backbone))
     layers = [m] if cfg.strategy in ("single", "direct") else list(range(1, m + 1))
     torch.manual_seed(cfg.seed)  # exits' initialisation depends on the seed only
