@@ -8,7 +8,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 PROFILE ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test book notebook lab clean-cache
+.PHONY: setup test book notebook lab bench clean-cache
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ notebook: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks
+
+bench: setup
+	$(PY) benchmarks/bench.py
 
 clean-cache:
 	find data_cache -mindepth 1 ! -name README.md -delete

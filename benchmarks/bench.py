@@ -1,0 +1,112 @@
+"""Speed figures, each measured side by side in one process: `name: value` lines, ratios last.
+
+python benchmarks/bench.py [--repeats 5] [--stage2-examples 256]
+
+Every ratio compares the same model (packaged MiniLM), data (RTE train), batch size and precision
+on both sides; warm-up steps are excluded and medians of interleaved repeats are reported, because
+this machine is shared and noisy. (Issue 4 adds the Trainer comparison and book build times.)
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from acllib import data as gdata
+from acllib import make_config, train
+from acllib.models import load_tokenizer
+
+
+def step_timer(cfg, model, batch):
+    """One full update (forward, backward(s), clip, AdamW) of `cfg`'s objective; returns seconds."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    opt, _ = train.make_optimizer(named, cfg.lr, cfg.weight_decay, 1000, 0.0)
+    objective = train.full_objective(cfg, model)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        model.train()
+        with train.autocast(cfg.precision):
+            loss = objective(batch, 1)
+        train.backward(loss, params, cfg.acl_grad, cfg.angle_threshold, False)
+        torch.nn.utils.clip_grad_norm_(params, train.MAX_GRAD_NORM)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    return step
+
+
+def interleaved_medians(steps: dict, repeats: int, warmup: int = 2) -> dict:
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, fn in steps.items():
+            times[k].append(fn())
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--stage2-examples", type=int, default=256)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    base = make_config("cpu", "rte", precision="bf16")
+    tok = load_tokenizer(base.backbone)
+    td = train.load_task_data(base, tok)
+    lengths = td.train.lengths.numpy()
+
+    # Padding: length-grouped dynamic batches vs padding everything to max_length.
+    grouped = gdata.length_grouped_batches(lengths, base.batch_size, np.random.default_rng(0))
+    waste = gdata.padding_share(lengths, grouped)
+    fixed = 1 - lengths.sum() / (base.max_length * len(lengths))
+    print(f"padding_waste: {waste:.3f}")
+    print(f"padding_waste_fixed_{base.max_length}: {fixed:.3f}")
+
+    # One realistic batch: 32 examples around the median length.
+    order = np.argsort(lengths)
+    mid = order[len(order) // 2 - 16: len(order) // 2 + 16]
+    batch = train.BatchGetter(td.train, td.pad_id)(mid)
+    print(f"step_batch_tokens: {batch['input_ids'].shape[0]}x{batch['input_ids'].shape[1]}")
+
+    cfgs = {"ce_bf16": base, "ce_fp32": make_config("cpu", "rte", precision="fp32"),
+            "acl_bf16": make_config("cpu", "rte", method="acl", precision="bf16")}
+    steps = {k: step_timer(c, train.build_model(c, 2), batch) for k, c in cfgs.items()}
+    med = interleaved_medians(steps, args.repeats)
+    for k, v in med.items():
+        print(f"{k}_step_s: {v:.3f}")
+    print(f"ce_samples_per_s: {len(mid) / med['ce_bf16']:.1f}")
+
+    # Stage 2: one epoch of exit training on cached features vs re-running the frozen backbone.
+    cfg2 = make_config("cpu", "rte", strategy="2st", stage2_aux="acl-cl", stage2_kd=True, stage2_grad=True,
+                       stage2_epochs=1, train_size=args.stage2_examples, dev_size=32)
+    td2 = train.load_task_data(cfg2, tok)
+    model = train.build_model(cfg2, 2)
+    layers = train.freeze_for_stage2(model)
+    t0 = time.perf_counter()
+    cached = train.build_features(cfg2, model, td2, layers, progress=False, cached=True)
+    build_s = time.perf_counter() - t0
+    live = train.build_features(cfg2, model, td2, layers, progress=False, cached=False)
+    epoch_s = {}
+    for name, feats in (("cached", cached), ("uncached", live)):
+        t0 = time.perf_counter()
+        train.train_stage2(cfg2, model, td2, feats, progress=False)
+        epoch_s[name] = time.perf_counter() - t0
+    print(f"stage2_feature_build_s: {build_s:.2f}")
+    print(f"stage2_epoch_cached_s: {epoch_s['cached']:.2f}")
+    print(f"stage2_epoch_uncached_s: {epoch_s['uncached']:.2f}")
+
+    print(f"bf16_vs_fp32: {med['ce_fp32'] / med['ce_bf16']:.2f}")
+    print(f"acl_grad_step_over_ce: {med['acl_bf16'] / med['ce_bf16']:.2f}")
+    print(f"stage2_cached_over_uncached: {epoch_s['uncached'] / epoch_s['cached']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
