@@ -10,7 +10,7 @@ from . import data as gdata
 from . import runs, store, train
 from .config import RunConfig
 from .losses import gradient_angle, supcon_loss
-from .models import load_tokenizer
+from .models import encoder_layers, load_tokenizer
 
 
 def fixed_model_angles(cfg: RunConfig, progress: bool = True) -> list[float]:
@@ -25,8 +25,7 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True) -> list[float]:
     path = store.cache_dir("analysis") / f"{cfg.hash}-angles.json"
     if path.exists():
         return store.read_json(path)["angles"]
-    runs.run(cfg, progress)
-    model = runs.load_model(cfg)
+    model = runs.load_model(cfg, progress)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     getter = train.BatchGetter(td.train, td.pad_id)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -55,7 +54,6 @@ def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) 
     model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels).eval()
     layer = layer or model.exit_layers[-1]
     if layer != model.num_layers:  # count only the layers an exit at `layer` needs
-        from .models import encoder_layers
         del encoder_layers(model.backbone)[layer:]
     batch = {"input_ids": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),
              "attention_mask": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),

@@ -100,9 +100,8 @@ def _normalize(cfg: RunConfig) -> RunConfig:
         cfg = replace(cfg, updates_per_epoch=None)
     if cfg.strategy != "direct":
         cfg = replace(cfg, depth=None)
-    if cfg.strategy in ("jt", "alt") or (cfg.aux == "none" and cfg.stage2_aux == "none"):
-        cfg = replace(cfg, tau=default.tau, angle_threshold=default.angle_threshold, lam=default.lam,
-                      log_angles=False)
+    if cfg.aux == "none" and cfg.stage2_aux == "none":  # (jt and alt are CE-only: validated)
+        cfg = replace(cfg, tau=default.tau, lam=default.lam, log_angles=False)
     return cfg
 
 

@@ -95,12 +95,20 @@ class Encoded:
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
-    def subset(self, idx) -> "Encoded":
-        idx = torch.as_tensor(idx, dtype=torch.long)
+    def positions(self, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For examples idx: (idx as a tensor, flat token positions [B, L], real-token mask [B, L]),
+        L being the longest of them; padded slots point at position 0."""
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         starts, lens = self.offsets[idx], self.lengths[idx]
-        pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts.tolist(), lens.tolist())])
+        steps = torch.arange(int(lens.max()))[None, :]
+        mask = steps < lens[:, None]
+        return idx, torch.where(mask, starts[:, None] + steps, 0), mask
+
+    def subset(self, idx) -> "Encoded":
+        idx, pos, mask = self.positions(idx)
+        pos = pos[mask]  # row-major: example by example, in order
         return Encoded(self.input_ids[pos], self.token_type_ids[pos],
-                       torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]), self.labels[idx])
+                       torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)]), self.labels[idx])
 
 
 def _tokenizer_key(tokenizer) -> str:
@@ -165,12 +173,7 @@ def length_grouped_batches(lengths, batch_size: int, rng: np.random.Generator | 
 
 def collate(data: Encoded, idx, pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad a batch to its own longest example."""
-    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    starts, lens = data.offsets[idx], data.lengths[idx]
-    width = int(lens.max())
-    pos = starts[:, None] + torch.arange(width)[None, :]  # [B, width]
-    mask = torch.arange(width)[None, :] < lens[:, None]
-    pos = torch.where(mask, pos, torch.zeros_like(pos))
+    idx, pos, mask = data.positions(idx)
     input_ids = torch.where(mask, data.input_ids[pos].long(), torch.full_like(pos, pad_id))
     token_type_ids = torch.where(mask, data.token_type_ids[pos].long(), torch.zeros_like(pos))
     return {"input_ids": input_ids, "token_type_ids": token_type_ids,

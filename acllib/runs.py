@@ -121,12 +121,11 @@ def load_stage1(model, stage1: RunConfig) -> None:
                            f"missing {wrong[:3]}, unexpected {unexpected[:3]}")
 
 
-def load_model(cfg: RunConfig):
+def load_model(cfg: RunConfig, progress: bool = False):
     """The trained model of a finished run (running it first if needed): single runs from their
     checkpoint, 2st runs from stage 1's checkpoint plus their own intermediate exits."""
-    from .train import build_model
-    run(cfg, progress=False)
-    model = build_model(cfg, gdata.get_task(cfg.task).num_labels)
+    run(cfg, progress)
+    model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
     if cfg.strategy == "2st":
         load_stage1(model, cfg.stage1())
         model.load_state_dict(store.load_tensors(model_path(cfg)), strict=False)

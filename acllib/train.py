@@ -236,11 +236,14 @@ def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
                           depth=n).to(device())
 
 
-def aux_loss(kind: str, out, exit_module, labels, tau: float):
+def aux_loss(kind: str, rep, exit_module, labels, tau: float, teacher=None):
+    """The auxiliary loss of an exit; teacher = (representations, label embeddings) for ACL-CL."""
     if kind == "scl":
-        return supcon_loss(out.rep, labels, tau)
+        return supcon_loss(rep, labels, tau)
     if kind == "acl-embed":
-        return acl_embed_loss(out.rep, labels, exit_module.label_embeddings, tau)
+        return acl_embed_loss(rep, labels, exit_module.label_embeddings, tau)
+    if kind == "acl-cl":
+        return acl_cross_layer_loss(rep, exit_module.label_embeddings, *teacher, labels, tau)
     raise ValueError(f"unknown auxiliary loss {kind!r}")
 
 
@@ -256,7 +259,7 @@ def full_objective(cfg: RunConfig, model: MultiExitModel):
         main = F.cross_entropy(out.logits.float(), y)
         if cfg.aux == "none":
             return Loss(main)
-        return Loss(main, aux_loss(cfg.aux, out, model.exit(last), y, cfg.tau), cfg.lam)
+        return Loss(main, aux_loss(cfg.aux, out.rep, model.exit(last), y, cfg.tau), cfg.lam)
 
     return objective
 
@@ -288,15 +291,14 @@ class FrozenFeatures:
         hidden_size = model.backbone.config.hidden_size
         self.hidden = torch.empty(int(data.offsets[-1]), len(self.layers), hidden_size, dtype=torch.bfloat16)
         last = model.exit_layers[-1]
-        k = model.exit(last).label_embeddings.shape[0]
-        d = model.exit(last).label_embeddings.shape[1]
+        n_labels, d = model.exit(last).label_embeddings.shape
         self.teacher_rep = torch.empty(len(data), d)
-        self.teacher_logits = torch.empty(len(data), k)
+        self.teacher_logits = torch.empty(len(data), n_labels)
         model.eval()
         batches = gdata.length_grouped_batches(self.lengths, EVAL_BATCH, None)
         with torch.no_grad():
             for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-                batch = {k_: v.to(device()) for k_, v in gdata.collate(data, idx, pad_id).items()}
+                batch = {k: v.to(device()) for k, v in gdata.collate(data, idx, pad_id).items()}
                 with autocast(precision):
                     hs = model.hidden_states(batch)
                     teacher = model.run_exits(hs, batch["attention_mask"], [last])[0]
@@ -308,11 +310,7 @@ class FrozenFeatures:
                 self.teacher_logits[idx] = teacher.logits.float().cpu()
 
     def __call__(self, idx) -> dict[str, torch.Tensor]:
-        idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        starts, lens = self.data.offsets[idx_t], self.data.lengths[idx_t]
-        width = int(lens.max())
-        mask = torch.arange(width)[None, :] < lens[:, None]
-        pos = torch.where(mask, starts[:, None] + torch.arange(width)[None, :], torch.zeros(1, dtype=torch.long))
+        idx_t, pos, mask = self.data.positions(idx)
         hidden = self.hidden[pos] * mask[:, :, None, None]  # [B, L, n_layers, hidden]
         if self.precision != "bf16":
             hidden = hidden.float()  # stored in bf16 to halve memory; fp32 runs compute in fp32
@@ -333,17 +331,12 @@ class LiveFeatures:
     @torch.no_grad()
     def __call__(self, idx) -> dict[str, torch.Tensor]:
         batch = {k: v.to(device()) for k, v in gdata.collate(self.data, idx, self.pad_id).items()}
-        was_training = self.model.backbone.training
-        self.model.backbone.eval()
         last = self.model.exit_layers[-1]
-        teacher_exit = self.model.exit(last)
-        teacher_mode = teacher_exit.training
-        teacher_exit.eval()
+        self.model.backbone.eval()  # frozen in stage 2: no dropout, as when caching
+        self.model.exit(last).eval()
         with autocast(self.precision):
             hs = self.model.hidden_states(batch)
             teacher = self.model.run_exits(hs, batch["attention_mask"], [last])[0]
-        teacher_exit.train(teacher_mode)
-        self.model.backbone.train(was_training)
         mask = batch["attention_mask"]
         hidden = torch.stack([hs[m] for m in self.layers], dim=2) * mask[:, :, None, None]  # as cached
         hidden = hidden.to(torch.bfloat16)  # the same rounding as the cache
@@ -353,27 +346,21 @@ class LiveFeatures:
                 "teacher_rep": teacher.rep.float(), "teacher_logits": teacher.logits.float()}
 
 
-def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers):
+def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers, groups):
     last = model.exit_layers[-1]
-    groups = [list(model.exit(m).parameters()) for m in layers]
 
     def objective(batch, epoch: int) -> Loss:
         y, mask = batch["labels"], batch["attention_mask"]
-        t_rep, t_logits = batch["teacher_rep"], batch["teacher_logits"]
-        t_emb = model.exit(last).label_embeddings.detach()
+        teacher = (batch["teacher_rep"], model.exit(last).label_embeddings.detach())
         main, aux = 0.0, 0.0
         for j, m in enumerate(layers):
             ex = model.exit(m)
             rep, logits = ex(batch["hidden"][:, :, j], mask)
             main = main + F.cross_entropy(logits.float(), y)
             if cfg.stage2_kd:
-                main = main + kd_loss(logits, t_logits, cfg.kd_temperature)
-            if cfg.stage2_aux == "scl":
-                aux = aux + supcon_loss(rep, y, cfg.tau)
-            elif cfg.stage2_aux == "acl-embed":
-                aux = aux + acl_embed_loss(rep, y, ex.label_embeddings, cfg.tau)
-            elif cfg.stage2_aux == "acl-cl":
-                aux = aux + acl_cross_layer_loss(rep, ex.label_embeddings, t_rep, t_emb, y, cfg.tau)
+                main = main + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature)
+            if cfg.stage2_aux != "none":
+                aux = aux + aux_loss(cfg.stage2_aux, rep, ex, y, cfg.tau, teacher)
         if cfg.stage2_aux == "none":
             return Loss(main)
         # Exits are independent given the frozen backbone, so summing their losses trains each one
@@ -426,14 +413,15 @@ def train_stage2(cfg: RunConfig, model: MultiExitModel, td: TaskData, features=N
             model.exit(m).train()
 
     named = [(f"exits.{m}.{n}", p) for m in layers for n, p in model.exit(m).named_parameters()]
+    groups = [list(model.exit(m).parameters()) for m in layers]  # one per exit
     log = fit(cfg, named_params=named, n_train=len(td.train), get_batch=train_f,
-              objective=stage2_objective(cfg, model, layers), set_train_mode=train_mode,
+              objective=stage2_objective(cfg, model, layers, groups), set_train_mode=train_mode,
               evaluate=lambda: evaluate_features(model, eval_f, cfg.task, cfg.precision, layers),
               epochs=cfg.stage2_epochs, lr=cfg.stage2_lr, acl_grad=cfg.stage2_grad,
               log_angles=cfg.log_angles and cfg.stage2_aux != "none",
               desc=f"{cfg.task} 2st stage 2 ({cfg.stage2_aux})", progress=progress,
               # per exit, so that one exit's large gradient does not shrink the others' steps
-              clip_groups=[list(model.exit(m).parameters()) for m in layers])
+              clip_groups=groups)
     return log, features
 
 
