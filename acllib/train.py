@@ -25,7 +25,7 @@ from . import metrics
 from .config import RunConfig
 from .losses import (acl_cross_layer_loss, acl_embed_loss, acl_grad_weight, angle_between, kd_loss,
                      supcon_loss)
-from .models import MultiExitModel, encoder_layers, load_backbone, load_tokenizer
+from .models import MultiExitModel, encoder_layers, exits_forward, load_backbone, load_tokenizer
 
 MAX_GRAD_NORM = 1.0  # Hugging Face Trainer's default, which the paper keeps (sec. 5.3)
 EVAL_BATCH = 128
@@ -123,8 +123,10 @@ def make_optimizer(named_params, lr: float, weight_decay: float, total_steps: in
     """AdamW without decay on biases and LayerNorm weights, linear warm-up then linear decay to 0."""
     decay = [p for n, p in named_params if p.ndim >= 2]
     no_decay = [p for n, p in named_params if p.ndim < 2]
+    # fused: one kernel for all parameters; the per-tensor loop took 12% of a MiniLM step on CPU
+    fused = all(p.dtype in (torch.float32, torch.float64) for _, p in named_params)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=fused or None)
     warmup = int(round(warmup_ratio * total_steps))
 
     def factor(step: int) -> float:
@@ -280,7 +282,7 @@ def train_full(cfg: RunConfig, model: MultiExitModel, td: TaskData, progress: bo
 class FrozenFeatures:
     """What a frozen backbone + last exit give for one split, computed once and kept in bf16.
 
-    hidden: [total_tokens, n_layers, hidden] for the intermediate layers, flat like gdata.Encoded;
+    hidden: [n_layers, total_tokens, hidden] for the intermediate layers, flat like gdata.Encoded;
     the teacher's (last exit's) representation and logits per example in fp32.
     """
 
@@ -289,7 +291,7 @@ class FrozenFeatures:
         self.data, self.layers, self.lengths = data, list(layers), data.lengths.numpy()
         self.precision = precision
         hidden_size = model.backbone.config.hidden_size
-        self.hidden = torch.empty(int(data.offsets[-1]), len(self.layers), hidden_size, dtype=torch.bfloat16)
+        self.hidden = torch.empty(len(self.layers), int(data.offsets[-1]), hidden_size, dtype=torch.bfloat16)
         last = model.exit_layers[-1]
         n_labels, d = model.exit(last).label_embeddings.shape
         self.teacher_rep = torch.empty(len(data), d)
@@ -302,16 +304,16 @@ class FrozenFeatures:
                 with autocast(precision):
                     hs = model.hidden_states(batch)
                     teacher = model.run_exits(hs, batch["attention_mask"], [last])[0]
-                stacked = torch.stack([hs[m] for m in self.layers], dim=2).to(torch.bfloat16).cpu()
+                stacked = torch.stack([hs[m] for m in self.layers]).to(torch.bfloat16).cpu()  # [E, B, L, H]
                 for row, i in enumerate(idx):
                     s, e = int(data.offsets[i]), int(data.offsets[i + 1])
-                    self.hidden[s:e] = stacked[row, :e - s]
+                    self.hidden[:, s:e] = stacked[:, row, :e - s]
                 self.teacher_rep[idx] = teacher.rep.float().cpu()
                 self.teacher_logits[idx] = teacher.logits.float().cpu()
 
     def __call__(self, idx) -> dict[str, torch.Tensor]:
         idx_t, pos, mask = self.data.positions(idx)
-        hidden = self.hidden[pos] * mask[:, :, None, None]  # [B, L, n_layers, hidden]
+        hidden = self.hidden[:, pos] * mask[:, :, None]  # [n_layers, B, L, hidden]
         if self.precision != "bf16":
             hidden = hidden.float()  # stored in bf16 to halve memory; fp32 runs compute in fp32
         dev = device()
@@ -338,7 +340,7 @@ class LiveFeatures:
             hs = self.model.hidden_states(batch)
             teacher = self.model.run_exits(hs, batch["attention_mask"], [last])[0]
         mask = batch["attention_mask"]
-        hidden = torch.stack([hs[m] for m in self.layers], dim=2) * mask[:, :, None, None]  # as cached
+        hidden = torch.stack([hs[m] for m in self.layers]) * mask[:, :, None]  # as cached
         hidden = hidden.to(torch.bfloat16)  # the same rounding as the cache
         if self.precision != "bf16":
             hidden = hidden.float()
@@ -353,9 +355,8 @@ def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers, groups):
         y, mask = batch["labels"], batch["attention_mask"]
         teacher = (batch["teacher_rep"], model.exit(last).label_embeddings.detach())
         main, aux = 0.0, 0.0
-        for j, m in enumerate(layers):
-            ex = model.exit(m)
-            rep, logits = ex(batch["hidden"][:, :, j], mask)
+        exits = [model.exit(m) for m in layers]
+        for ex, (rep, logits) in zip(exits, exits_forward(exits, batch["hidden"], mask)):
             main = main + F.cross_entropy(logits.float(), y)
             if cfg.stage2_kd:
                 main = main + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature)
@@ -380,8 +381,8 @@ def evaluate_features(model: MultiExitModel, feats: dict[str, FrozenFeatures], t
         for idx in gdata.length_grouped_batches(f.lengths, EVAL_BATCH, None):
             batch = f(idx)
             with autocast(precision):
-                for j, m in enumerate(layers):
-                    _, logits = model.exit(m)(batch["hidden"][:, :, j], batch["attention_mask"])
+                outs = exits_forward([model.exit(m) for m in layers], batch["hidden"], batch["attention_mask"])
+                for m, (_, logits) in zip(layers, outs):
                     preds[m][idx] = logits.argmax(-1).cpu().numpy()
         labels = f.data.labels.numpy()
         out[split] = {str(m): score(task, labels, preds[m]) for m in layers}

@@ -4,7 +4,8 @@ python benchmarks/bench.py [--repeats 5] [--stage2-examples 256]
 
 Every ratio compares the same model (packaged MiniLM), data (RTE train), batch size and precision
 on both sides; warm-up steps are excluded and medians of interleaved repeats are reported, because
-this machine is shared and noisy. (Issue 4 adds the Trainer comparison and book build times.)
+this machine is shared and noisy. The book's build times and peak memory come from
+`book/build.py`'s timings file (written by `make book`), not from this script.
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stage2-examples", type=int, default=256)
+    parser.add_argument("--trainer-examples", type=int, default=256,
+                        help="RTE examples per epoch in the Trainer comparison (3 epochs, first excluded)")
+    parser.add_argument("--skip-trainer", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     base = make_config("cpu", "rte", precision="bf16")
@@ -84,9 +88,11 @@ def main(argv=None) -> None:
         print(f"{k}_step_s: {v:.3f}")
     print(f"ce_samples_per_s: {len(mid) / med['ce_bf16']:.1f}")
 
-    # Stage 2: one epoch of exit training on cached features vs re-running the frozen backbone.
+    # Stage 2: epochs of exit training (train + dev evaluation, as logged by fit) on cached features
+    # vs re-running the frozen backbone; interleaved repeats of 2-epoch runs, the first epoch of
+    # each run is the warm-up, medians of the second.
     cfg2 = make_config("cpu", "rte", strategy="2st", stage2_aux="acl-cl", stage2_kd=True, stage2_grad=True,
-                       stage2_epochs=1, train_size=args.stage2_examples, dev_size=32)
+                       stage2_epochs=2, train_size=args.stage2_examples, dev_size=64, precision="bf16")
     td2 = train.load_task_data(cfg2, tok)
     model = train.build_model(cfg2, 2)
     layers = train.freeze_for_stage2(model)
@@ -94,18 +100,40 @@ def main(argv=None) -> None:
     cached = train.build_features(cfg2, model, td2, layers, progress=False, cached=True)
     build_s = time.perf_counter() - t0
     live = train.build_features(cfg2, model, td2, layers, progress=False, cached=False)
-    epoch_s = {}
-    for name, feats in (("cached", cached), ("uncached", live)):
-        t0 = time.perf_counter()
-        train.train_stage2(cfg2, model, td2, feats, progress=False)
-        epoch_s[name] = time.perf_counter() - t0
+    epoch_s = {"cached": [], "uncached": []}
+    for _ in range(args.repeats // 2 + 1):
+        for name, feats in (("cached", cached), ("uncached", live)):
+            log, _ = train.train_stage2(cfg2, model, td2, feats, progress=False)
+            epoch_s[name].append(log.epochs[-1]["train_seconds"] + log.epochs[-1]["eval_seconds"])
+    epoch_s = {k: statistics.median(v) for k, v in epoch_s.items()}
     print(f"stage2_feature_build_s: {build_s:.2f}")
-    print(f"stage2_epoch_cached_s: {epoch_s['cached']:.2f}")
-    print(f"stage2_epoch_uncached_s: {epoch_s['uncached']:.2f}")
+    print(f"stage2_epoch_cached_s: {epoch_s['cached']:.3f}")
+    print(f"stage2_epoch_uncached_s: {epoch_s['uncached']:.3f}")
+
+    trainer = {}
+    if not args.skip_trainer:
+        import tempfile
+        from hf_trainer import compare
+        for precision in ("fp32", "bf16"):
+            cfg_t = make_config("cpu", "rte", precision=precision, epochs=3, train_size=args.trainer_examples,
+                                dev_size=32)
+            td_t = train.load_task_data(cfg_t, tok)
+            with tempfile.TemporaryDirectory() as workdir:
+                trainer[precision] = compare(cfg_t, td_t, tok, workdir)
+            for side, seconds in trainer[precision].items():
+                print(f"{side}_ce_epoch_{precision}_s: {seconds:.2f}")
+        n = args.trainer_examples
+        print(f"hf_trainer_samples_per_s_fp32: {n / trainer['fp32']['trainer']:.1f}")
+        print(f"hf_trainer_samples_per_s_bf16: {n / trainer['bf16']['trainer']:.1f}")
 
     print(f"bf16_vs_fp32: {med['ce_fp32'] / med['ce_bf16']:.2f}")
     print(f"acl_grad_step_over_ce: {med['acl_bf16'] / med['ce_bf16']:.2f}")
     print(f"stage2_cached_over_uncached: {epoch_s['uncached'] / epoch_s['cached']:.1f}")
+    if trainer:
+        for precision in ("fp32", "bf16"):
+            print(f"ce_vs_hf_trainer_{precision}: {trainer[precision]['trainer'] / trainer[precision]['ours']:.2f}")
+        print(f"ce_vs_hf_trainer: {trainer['fp32']['trainer'] / trainer['fp32']['ours']:.2f}")
+        print(f"ce_bf16_vs_hf_trainer_fp32: {trainer['fp32']['trainer'] / trainer['bf16']['ours']:.2f}")
 
 
 if __name__ == "__main__":

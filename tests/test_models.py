@@ -87,3 +87,75 @@ def test_unknown_exit_is_rejected():
     import pytest
     with pytest.raises(ValueError, match="unknown exit 'conv'.*mha, linear"):
         MultiExitModel(load_backbone("tiny", 0.1, 0), 2, [4], exit_kind="conv")
+
+
+def test_fast_dropout_matches_inverted_dropout_statistics():
+    from acllib.models import FastDropout, fast_dropout
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = fast_dropout(x, 0.1, True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.005  # keep rate 1 - p (sd ~0.0007)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    torch.testing.assert_close(fast_dropout(x, 0.1, False), x)  # identity when not training
+    assert FastDropout(0.3).p == 0.3 and isinstance(FastDropout(0.3), nn.Dropout)
+    # gradient flows through the kept units only, scaled like the output
+    x = torch.randn(1000, requires_grad=True)
+    y = fast_dropout(x, 0.5, True)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y.detach() != 0).float() * 2.0)
+
+
+def test_backbone_dropout_is_fast_everywhere():
+    from acllib.models import ATTENTION, FastDropout
+    backbone = load_backbone("tiny", dropout=0.1, seed=0)
+    assert not [m for m in backbone.modules() if type(m) is nn.Dropout]
+    assert any(isinstance(m, FastDropout) for m in backbone.modules())
+    assert backbone.config._attn_implementation == ATTENTION
+
+
+def test_training_attention_path_equals_sdpa_with_padding():
+    """The written-out training attention (taken whenever dropout > 0) against the evaluation path
+    (transformers' SDPA) and against the unpadded sequences: with p so small that nothing is
+    dropped, every non-padded hidden state must agree."""
+    torch.manual_seed(0)
+    backbone = load_backbone("tiny", dropout=0.0, seed=1)
+    for m in backbone.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 1e-12  # the training branch runs, rand() >= 1e-12 keeps every unit
+    batch = _batch()
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        train_out = backbone.train()(**batch).last_hidden_state
+        eval_out = backbone.eval()(**batch).last_hidden_state
+        torch.testing.assert_close(train_out[mask], eval_out[mask], rtol=1e-4, atol=1e-5)
+        n = int(mask[2].sum())  # example 2 alone, without padding
+        alone = backbone.train()(**{k: v[2:, :n] for k, v in batch.items()}).last_hidden_state
+        torch.testing.assert_close(train_out[2, :n], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_mha_exits_equal_each_exit_alone():
+    """Stage 2's batched exits against calling each MHAExit on its own layer, in values and in the
+    gradients of every exit's parameters (dropout off; with padding)."""
+    from acllib.models import exits_forward, mha_exits_stacked
+    torch.manual_seed(0)
+    exits = [MHAExit(24, 3, 16, 4, 0.0) for _ in range(3)]
+    hidden = torch.randn(3, 3, 7, 24)
+    mask = _batch()["attention_mask"]
+    stacked = mha_exits_stacked(exits, hidden, mask)
+    alone = [ex(hidden[e], mask) for e, ex in enumerate(exits)]
+    for (h, logits), (h_ref, logits_ref) in zip(stacked, alone):
+        torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(3, 3, 3)
+    grads = []
+    for outs in (stacked, alone):
+        loss = sum((w * lg).sum() + h.square().sum() for w, (h, lg) in zip(weights, outs))
+        grads.append(torch.autograd.grad(loss, [p for ex in exits for p in ex.parameters()]))
+    for g, g_ref in zip(*grads):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    assert exits_forward(exits, hidden, mask)[1][1].shape == (3, 3)
+    # under bf16 autocast the stacked path stays within bf16 rounding of the per-exit one
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lo = mha_exits_stacked(exits, hidden, mask)[2][1].float()
+    torch.testing.assert_close(lo, alone[2][1], rtol=0.05, atol=0.05)
