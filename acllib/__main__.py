@@ -14,6 +14,9 @@ def _print_result(result: dict) -> None:
           f"backbone={cfg['backbone']} seed={cfg['seed']} precision={cfg['precision']}")
     for ep in result["epochs"]:
         split = result["eval_split"]
+        if ep["eval"] is None:  # eval_each_epoch=False
+            print(f"  epoch {ep['epoch']}: train loss {ep['train_main_loss']:.4f}")
+            continue
         scores = "  ".join(f"exit {m}: {v[metric]:.2f}" for m, v in ep["eval"][split].items())
         print(f"  epoch {ep['epoch']}: train loss {ep['train_main_loss']:.4f}  {split} {metric}: {scores}")
     final = result["final"][result["eval_split"]]

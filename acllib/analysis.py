@@ -13,16 +13,19 @@ from .losses import gradient_angle, supcon_loss
 from .models import encoder_layers, load_tokenizer
 
 
-def fixed_model_angles(cfg: RunConfig, progress: bool = True) -> list[float]:
+def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int | None = None) -> list[float]:
     """Sec. 4.1 / Figure 2: on the fine-tuned model of `cfg` with its parameters fixed, the angle
-    between g_SCL and g_CE over all parameters, for every training batch of one epoch.
+    between g_SCL and g_CE over all parameters, for every training batch of one epoch (or the
+    first `max_batches` of that epoch's shuffled batches).
 
     Dropout is off (eval mode) so the angles describe the model itself, not a dropout sample.
-    Cached in data_cache/analysis/<hash>-angles.json.
+    Cached in data_cache/analysis/<hash>-angles[-<max_batches>].json.
     """
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1 or None, got {max_batches!r}")
     if cfg.strategy != "single":
         raise ValueError(f"fixed-model angles need a 'single' run, got strategy {cfg.strategy!r}")
-    path = store.cache_dir("analysis") / f"{cfg.hash}-angles.json"
+    path = store.cache_dir("analysis") / f"{cfg.hash}-angles{'' if max_batches is None else f'-{max_batches}'}.json"
     if path.exists():
         return store.read_json(path)["angles"]
     model = runs.load_model(cfg, progress)
@@ -32,7 +35,7 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True) -> list[float]:
     last = model.exit_layers[-1]
     batch_size = train.update_batch_size(cfg, len(td.train))
     batches = gdata.length_grouped_batches(getter.lengths, min(batch_size, cfg.micro_batch_size),
-                                           np.random.default_rng(cfg.seed))
+                                           np.random.default_rng(cfg.seed))[:max_batches]
     angles = []
     for idx in tqdm(batches, desc=f"angles {cfg.task}/{cfg.method} seed {cfg.seed}", disable=not progress,
                     leave=False):

@@ -149,20 +149,23 @@ def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = Fa
         r1 = load_result(stage1)
         tokenizer = load_tokenizer(stage1.backbone)
         td = train.load_task_data(stage1, tokenizer)
-        features, feature_seconds = None, 0.0
+        t_feat = time.perf_counter()
+        model = train.build_model(todo[0], gdata.get_task(stage1.task).num_labels)  # variants share its shape
+        load_stage1(model, stage1)
+        layers = train.freeze_for_stage2(model)
+        features = train.build_features(todo[0], model, td, layers, progress)
+        feature_seconds = time.perf_counter() - t_feat
+        # Every variant starts from these exits (the seed's initialisation, stage 1's last exit)
+        # and the seed's random stream, so its result does not depend on which variants ran before.
+        start = {k: v.clone() for k, v in model.exits.state_dict().items()}
         for cfg in todo:
             t0 = time.perf_counter()
-            model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
-            load_stage1(model, stage1)
-            t_feat = time.perf_counter()
-            if features is None:
-                layers = train.freeze_for_stage2(model)
-                features = train.build_features(cfg, model, td, layers, progress)
-                feature_seconds = time.perf_counter() - t_feat
+            model.exits.load_state_dict(start)
+            torch.manual_seed(cfg.seed)
             log, features = train.train_stage2(cfg, model, td, features, progress)
             last = str(model.exit_layers[-1])
             for epoch in log.epochs:  # the last exit is stage 1's, unchanged by stage 2
-                for split, scores in epoch["eval"].items():
+                for split, scores in (epoch["eval"] or {}).items():
                     scores[last] = r1["final"][split][last]
             final = log.epochs[-1]["eval"]
             result = _result(cfg, log, td, model, final, time.perf_counter() - t0,

@@ -187,7 +187,7 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
         log.train_seconds += seconds
         log.train_examples += n_train
         t1 = time.perf_counter()
-        scores = evaluate()
+        scores = evaluate() if cfg.eval_each_epoch or epoch == epochs else None
         log.epochs.append({"epoch": epoch, "train_main_loss": float(np.mean(losses)),
                            "train_seconds": seconds, "eval_seconds": time.perf_counter() - t1,
                            "eval": scores})

@@ -233,3 +233,22 @@ def test_stage2_trains_each_exit_as_if_alone(cache, monkeypatch):
     train.train_stage2(cfg, alone, td, progress=False)
     for name, p in alone.exit(1).named_parameters():
         torch.testing.assert_close(p, dict(together.exit(1).named_parameters())[name], rtol=1e-5, atol=1e-6)
+
+
+def test_stage2_variant_does_not_depend_on_its_group(cache):
+    """run_two_stage reuses one model for all variants of a stage 1: a variant run after another
+    must give what it gives alone (exits restored, random stream reseeded)."""
+    base = dict(strategy="2st", method="ce", seed=9)
+    first = make_config("smoke", "rte", **base, stage2_aux="scl", stage2_kd=True)
+    second = make_config("smoke", "rte", **base, stage2_aux="acl-cl", stage2_kd=True, stage2_grad=True)
+    grouped = runs.run_two_stage([first, second], progress=False, force=True)[1]
+    alone = runs.run_two_stage([second], progress=False, force=True)[0]
+    assert _comparable(grouped) == _comparable(alone)
+
+
+def test_eval_after_last_epoch_only_changes_nothing_else(cache):
+    every = runs.run(make_config("smoke", "rte", method="ce", seed=13), progress=False, force=True)
+    last = runs.run(make_config("smoke", "rte", method="ce", seed=13, eval_each_epoch=False),
+                     progress=False, force=True)
+    assert [e["eval"] is None for e in last["epochs"]] == [True] * (len(last["epochs"]) - 1) + [False]
+    assert last["final"] == every["final"] and last["score"] == every["score"]
