@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -48,15 +49,24 @@ def main(argv=None) -> int:
     from acllib import store  # timings live beside the chapters' results, per profile
     timings_path = store.cache_dir("book", args.profile) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    t_start = time.perf_counter()
     for name in names:
         print(f"== {name} (profile {args.profile})", flush=True)
-        timings[name] = {"profile": args.profile, "seconds": execute(name, args.profile, executed)}
+        seconds = execute(name, args.profile, executed)
+        # The largest resident set of any finished child so far (the kernels are our children):
+        # when it grows during a notebook, it is that notebook's peak.
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+        timings[name] = {"profile": args.profile, "seconds": seconds, "max_child_rss_gb_so_far": round(peak_gb, 2)}
         timings_path.write_text(json.dumps(timings, indent=1))
-        print(f"   done in {timings[name]['seconds'] / 60:.1f} min", flush=True)
-    if args.no_build:
-        return 0
-    jb = Path(sys.executable).with_name("jupyter-book")
-    return subprocess.call([str(jb), "build", str(book), "-W", "-n", "--keep-going"])
+        print(f"   done in {seconds / 60:.1f} min", flush=True)
+    code = 0
+    if not args.no_build:
+        jb = Path(sys.executable).with_name("jupyter-book")
+        code = subprocess.call([str(jb), "build", str(book), "-W", "-n", "--keep-going"])
+    print(f"book_minutes: {(time.perf_counter() - t_start) / 60:.1f} ({len(names)} notebooks"
+          f"{'' if args.no_build else ' and the HTML build'})")
+    print(f"peak_rss_gb: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2:.2f} (largest process)")
+    return code
 
 
 if __name__ == "__main__":
