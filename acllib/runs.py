@@ -1,8 +1,8 @@
 """Runs as cached, self-describing units: a config in, one results file (and a checkpoint) out.
 
 data_cache/runs/<hash>.json holds per-epoch, per-exit dev metrics, the angle log, timings and
-provenance; data_cache/models/<hash>.safetensors the fine-tuned weights of full fine-tuning runs
-(the stage 1 that 2st runs start from) and, for 2st runs, their intermediate exits. A run whose results file exists is never run again, and
+provenance; data_cache/models/<hash>.safetensors the fine-tuned weights of single, JT and ALT runs
+(single runs are the stage 1 that 2st runs start from) and, for 2st runs, their intermediate exits. A run whose results file exists is never run again, and
 every file is written atomically, so an interrupted run leaves nothing half-written.
 """
 from __future__ import annotations
@@ -20,6 +20,11 @@ from . import data as gdata
 from . import store, train
 from .config import RunConfig
 from .models import load_tokenizer
+
+
+# Full fine-tuning strategies whose weights are saved: stage 1 of 2st, and the multi-exit models
+# that early exiting reuses.
+KEEPS_WEIGHTS = ("single", "jt", "alt")
 
 
 def result_path(cfg: RunConfig) -> Path:
@@ -103,7 +108,7 @@ def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
     td = train.load_task_data(cfg, tokenizer)
     model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
     log = train.train_full(cfg, model, td, progress)
-    if cfg.strategy == "single":  # the checkpoint first: a results file always has its weights
+    if cfg.strategy in KEEPS_WEIGHTS:  # the checkpoint first: a results file always has its weights
         store.save_tensors(model_path(cfg), model.state_dict())
     result = _result(cfg, log, td, model, log.epochs[-1]["eval"], time.perf_counter() - t0)
     store.write_json(result_path(cfg), result)
@@ -129,10 +134,12 @@ def load_model(cfg: RunConfig, progress: bool = False):
     if cfg.strategy == "2st":
         load_stage1(model, cfg.stage1())
         model.load_state_dict(store.load_tensors(model_path(cfg)), strict=False)
-    elif cfg.strategy == "single":
+    elif cfg.strategy in KEEPS_WEIGHTS:
+        if not model_path(cfg).exists():  # finished before JT/ALT weights were kept
+            run(cfg, progress, force=True)
         model.load_state_dict(store.load_tensors(model_path(cfg)))
     else:
-        raise ValueError(f"weights are kept for 'single' and '2st' runs only, not {cfg.strategy!r}")
+        raise ValueError(f"weights are kept for {', '.join(KEEPS_WEIGHTS)} and '2st' runs, not {cfg.strategy!r}")
     return model.eval()
 
 

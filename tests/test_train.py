@@ -252,3 +252,14 @@ def test_eval_after_last_epoch_only_changes_nothing_else(cache):
                      progress=False, force=True)
     assert [e["eval"] is None for e in last["epochs"]] == [True] * (len(last["epochs"]) - 1) + [False]
     assert last["final"] == every["final"] and last["score"] == every["score"]
+
+
+def test_multi_exit_runs_keep_their_weights(cache):
+    """JT (and ALT) models are reloaded for early exiting: the checkpoint must reproduce the run's
+    dev scores exactly."""
+    cfg = make_config("smoke", "mrpc", strategy="jt", exit="linear", seed=3, precision="fp32")
+    result = runs.run(cfg, progress=False, force=True)
+    model = runs.load_model(cfg)
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    again = train.evaluate_model(model, td.evals, cfg.task, cfg.precision, pad_id=td.pad_id)
+    assert again == result["final"]

@@ -1,0 +1,249 @@
+"""Early-exit inference for a trained MultiExitModel, and what it buys in time and FLOPs.
+
+Each example stops at the first exit whose rule fires and leaves the batch there: the layers above
+its exit are not computed for it. Rules (the usual ones):
+  entropy   exit when the normalized entropy of the exit's softmax is < threshold (DeeBERT)
+  max_prob  exit when the largest softmax probability is >= threshold
+  patience  exit when the argmax has stayed the same over `threshold` consecutive exits (PABEE)
+The last exit always fires.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import data as gdata
+from .models import MultiExitModel, encoder_layers
+from .train import autocast, device
+
+RULES = ("entropy", "max_prob", "patience")
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    kind: str
+    threshold: float
+
+    def __post_init__(self):
+        if self.kind not in RULES:
+            raise ValueError(f"unknown exit rule {self.kind!r}; choose one of {', '.join(RULES)}")
+        ok = {"entropy": 0.0 <= self.threshold <= 1.0, "max_prob": 0.0 <= self.threshold <= 1.0 + 1e-9,
+              "patience": self.threshold >= 1 and float(self.threshold).is_integer()}[self.kind]
+        if not ok:
+            allowed = {"entropy": "a normalized entropy in [0, 1]", "max_prob": "a probability in [0, 1]",
+                       "patience": "a whole number of exits >= 1"}[self.kind]
+            raise ValueError(f"threshold {self.threshold!r} for rule {self.kind!r} must be {allowed}")
+
+    def start(self, n: int) -> dict[str, torch.Tensor]:
+        """Per-example state carried from exit to exit (patience only)."""
+        return {"prev": torch.full((n,), -1, dtype=torch.long), "count": torch.zeros(n, dtype=torch.long)}
+
+    def fires(self, logits: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B] bool: which examples exit here; updates `state` in place."""
+        logits = logits.float()
+        if self.kind == "entropy":
+            p = logits.softmax(-1)
+            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(logits.shape[-1])
+            return entropy < self.threshold
+        if self.kind == "max_prob":
+            return logits.softmax(-1).max(-1).values >= self.threshold
+        pred = logits.argmax(-1).cpu()
+        state["count"] = torch.where(pred == state["prev"], state["count"] + 1, torch.zeros_like(pred))
+        state["prev"] = pred
+        return (state["count"] >= int(self.threshold)).to(logits.device)
+
+
+def simulate(exit_logits: list[torch.Tensor], rule: ExitRule) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, index of the exit taken) from every exit's logits ([B, K] each, in exit
+    order), with the same rule code as the real loop: what early exiting would decide."""
+    n = exit_logits[0].shape[0]
+    state = rule.start(n)
+    preds = np.zeros(n, dtype=int)
+    taken = np.full(n, len(exit_logits) - 1)
+    open_ = np.ones(n, dtype=bool)
+    for j, logits in enumerate(exit_logits):
+        fired = rule.fires(logits, state).cpu().numpy() | (j == len(exit_logits) - 1)
+        now = open_ & fired
+        preds[now] = logits.argmax(-1).cpu().numpy()[now]
+        taken[now] = j
+        open_ &= ~now
+    return preds, taken
+
+
+@torch.no_grad()
+def early_exit_forward(model: MultiExitModel, batch: dict, rule: ExitRule,
+                       precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(predictions [B], exit layer taken [B], logits of that exit [B, K]): layer by layer, examples that exit leave the batch
+    and the layers above their exit are never run for them. Padding columns no remaining example
+    needs are dropped as the batch shrinks."""
+    from transformers.masking_utils import create_bidirectional_mask
+    model.eval()
+    backbone = model.backbone
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    n = ids.shape[0]
+    preds = torch.zeros(n, dtype=torch.long)
+    taken = torch.zeros(n, dtype=torch.long)
+    out_logits = None
+    active = torch.arange(n)
+    state = rule.start(n)
+    last = model.exit_layers[-1]
+    with autocast(precision):
+        kwargs = {"input_ids": ids}
+        if "token_type_ids" in batch and getattr(backbone.config, "type_vocab_size", 2) > 1:
+            kwargs["token_type_ids"] = batch["token_type_ids"]
+        hidden = backbone.embeddings(**kwargs)  # [B, L, hidden]
+        for m, layer in enumerate(encoder_layers(backbone), start=1):
+            full_mask = create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden, attention_mask=mask)
+            hidden = layer(hidden, attention_mask=full_mask)
+            if isinstance(hidden, tuple):  # older layer APIs return (hidden, ...)
+                hidden = hidden[0]
+            if m not in model.exit_layers:
+                continue
+            _, logits = model.exit(m)(hidden, mask)
+            done = rule.fires(logits, state).cpu() | (m == last)
+            preds[active[done]] = logits.argmax(-1).cpu()[done]
+            taken[active[done]] = m
+            if out_logits is None:
+                out_logits = torch.zeros(n, logits.shape[-1])
+            out_logits[active[done]] = logits.float().cpu()[done]
+            if bool(done.all()):
+                break
+            keep = ~done
+            active, state = active[keep], {k: v[keep] for k, v in state.items()}
+            keep = keep.to(hidden.device)
+            width = int(mask[keep].sum(-1).max())
+            hidden, mask = hidden[keep, :width], mask[keep, :width]
+    return preds, taken, out_logits
+
+
+@torch.no_grad()
+def all_exit_logits(model: MultiExitModel, data: gdata.Encoded, precision: str, pad_id: int,
+                    batch_size: int = 64) -> list[torch.Tensor]:
+    """Every exit's logits on every example ([n, K] per exit, exit order), from one full pass."""
+    model.eval()
+    chunks = {m: [] for m in model.exit_layers}
+    order = []
+    for idx in gdata.length_grouped_batches(data.lengths.numpy(), batch_size, None):
+        batch = {k: v.to(device()) for k, v in gdata.collate(data, idx, pad_id).items()}
+        with autocast(precision):
+            for o in model(batch):
+                chunks[o.layer].append(o.logits.float().cpu())
+        order.extend(idx)
+    inverse = np.argsort(np.asarray(order))
+    return [torch.cat(chunks[m])[inverse] for m in model.exit_layers]
+
+
+def flop_table(model: MultiExitModel, lengths) -> dict[int, tuple[float, float]]:
+    """{length: (FLOPs of one layer, FLOPs of one exit)} for one example of that length, counted by
+    torch.utils.flop_counter (layers are alike, and so are exits)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers.masking_utils import create_bidirectional_mask
+    layer = encoder_layers(model.backbone)[0]
+    exit_ = model.exit(model.exit_layers[0])
+    table = {}
+    for length in sorted({int(n) for n in lengths}):
+        x = torch.zeros(1, length, model.backbone.config.hidden_size, device=device())
+        mask = torch.ones(1, length, dtype=torch.long, device=device())
+        full_mask = create_bidirectional_mask(config=model.backbone.config, inputs_embeds=x, attention_mask=mask)
+        with torch.no_grad(), FlopCounterMode(display=False) as layer_count:
+            layer(x, attention_mask=full_mask)
+        with torch.no_grad(), FlopCounterMode(display=False) as exit_count:
+            exit_(x, mask)
+        table[length] = (float(layer_count.get_total_flops()), float(exit_count.get_total_flops()))
+    return table
+
+
+def early_exit_flops(model: MultiExitModel, table, lengths, taken_index) -> np.ndarray:
+    """Per example: the layers up to the exit it took plus every exit it passed through."""
+    layers = np.asarray(model.exit_layers)[np.asarray(taken_index)]
+    per = np.array([table[int(n)] for n in lengths])  # [n, 2]
+    return layers * per[:, 0] + (np.asarray(taken_index) + 1) * per[:, 1]
+
+
+def full_model_flops(model: MultiExitModel, table, lengths) -> np.ndarray:
+    """Per example, without early exiting: every layer and the last exit only."""
+    per = np.array([table[int(n)] for n in lengths])
+    return model.num_layers * per[:, 0] + per[:, 1]
+
+
+def latency_per_example(fn, batches: list[dict], repeats: int = 3) -> float:
+    """Median over repeats of the seconds per example of fn(batch) over `batches` (one warm-up)."""
+    fn(batches[0])
+    n = sum(b["input_ids"].shape[0] for b in batches)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            fn(b)
+        times.append((time.perf_counter() - t0) / n)
+    return statistics.median(times)
+
+
+# Thresholds from "exit almost never" to "exit early"; patience counts agreeing exits.
+DEFAULT_GRID = {"entropy": (0.05, 0.15, 0.3, 0.5), "max_prob": (0.99, 0.95, 0.9, 0.8),
+                "patience": (4, 3, 2, 1)}
+
+
+def evaluate_rules(model: MultiExitModel, data: gdata.Encoded, task: str, precision: str, pad_id: int,
+                   grid: dict | None = None, timing: bool = True, latency_examples: int = 64,
+                   batch_size: int = 32, repeats: int = 3) -> list[dict]:
+    """One row per (rule, threshold), plus the full model without early exiting (rule 'none'):
+    dev score and mean exit layer (from every exit's logits, simulated with the rule), FLOPs per
+    example (flop_table), and when `timing`: measured seconds per example of real early-exit
+    inference at batch 1 and at `batch_size` on the first `latency_examples` dev examples, and the
+    share of those examples whose real prediction equals the simulated one."""
+    from .train import score
+    grid = DEFAULT_GRID if grid is None else grid
+    logits = all_exit_logits(model, data, precision, pad_id)
+    labels, lengths = data.labels.numpy(), data.lengths.numpy()
+    table = flop_table(model, lengths)
+    full_flops = full_model_flops(model, table, lengths).mean()
+    headline = gdata.get_task(task).metrics[0]
+    sub = np.arange(min(latency_examples, len(data)))
+    dev = device()
+
+    def batches(size):
+        return [{k: v.to(dev) for k, v in gdata.collate(data, sub[i:i + size], pad_id).items()}
+                for i in range(0, len(sub), size)]
+
+    one, many = (batches(1), batches(batch_size)) if timing else ([], [])
+
+    def full_forward(b):
+        with torch.no_grad(), autocast(precision):
+            return model(b, [model.exit_layers[-1]])
+
+    full_preds = logits[-1].argmax(-1).numpy()
+    rows = [{"rule": "none", "threshold": float("nan"), "score": score(task, labels, full_preds)[headline],
+             "mean_exit_layer": float(model.num_layers), "flops_per_example": full_flops,
+             "flops_fraction": 1.0}]
+    if timing:
+        model.eval()
+        rows[0].update(latency_b1_ms=1e3 * latency_per_example(full_forward, one, repeats),
+                       latency_batch_ms=1e3 * latency_per_example(full_forward, many, repeats),
+                       real_equals_simulated=float("nan"))  # nothing simulated
+    for kind, thresholds in grid.items():
+        for t in thresholds:
+            rule = ExitRule(kind, float(t))
+            preds, taken = simulate(logits, rule)
+            flops = early_exit_flops(model, table, lengths, taken).mean()
+            row = {"rule": kind, "threshold": float(t), "score": score(task, labels, preds)[headline],
+                   "mean_exit_layer": float(np.asarray(model.exit_layers)[taken].mean()),
+                   "flops_per_example": flops, "flops_fraction": flops / full_flops}
+            if timing:
+                real = torch.cat([early_exit_forward(model, b, rule, precision)[0] for b in many]).numpy()
+                row.update(latency_b1_ms=1e3 * latency_per_example(
+                               lambda b: early_exit_forward(model, b, rule, precision), one, repeats),
+                           latency_batch_ms=1e3 * latency_per_example(
+                               lambda b: early_exit_forward(model, b, rule, precision), many, repeats),
+                           real_equals_simulated=float((real == preds[sub]).mean()))
+            rows.append(row)
+    if timing:
+        for row in rows:
+            row["speedup_b1"] = rows[0]["latency_b1_ms"] / row["latency_b1_ms"]
+            row["speedup_batch"] = rows[0]["latency_batch_ms"] / row["latency_batch_ms"]
+    return rows

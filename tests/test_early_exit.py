@@ -1,0 +1,146 @@
+"""Early-exit inference: layers past an example's exit are not run, the rules decide as written,
+and with rules that never fire the predictions are the full model's."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from acllib.early_exit import (ExitRule, all_exit_logits, early_exit_flops, early_exit_forward,
+                               evaluate_rules, flop_table, full_model_flops, simulate)
+from acllib.models import MultiExitModel, encoder_layers, load_backbone
+
+
+def _model(seed=0, exit_kind="mha"):
+    torch.manual_seed(seed)
+    backbone = load_backbone("tiny", dropout=0.1, seed=seed)
+    return MultiExitModel(backbone, 3, [1, 2, 3, 4], exit_kind, 16, 2, 0.1).eval()
+
+
+def _batch(n=12, length=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 1000, (n, length), generator=g)
+    lengths = torch.randint(3, length + 1, (n,), generator=g)
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def _count_layer_calls(model):
+    calls = {i: [] for i in range(1, model.num_layers + 1)}
+    for i, layer in enumerate(encoder_layers(model.backbone), start=1):
+        layer.register_forward_hook(lambda mod, args, out, i=i: calls[i].append(args[0].shape[0]))
+    return calls
+
+
+def test_layers_past_the_exit_are_not_run():
+    model = _model()
+    calls = _count_layer_calls(model)
+    preds, taken, _ = early_exit_forward(model, _batch(), ExitRule("max_prob", 0.0))  # fires at once
+    assert taken.tolist() == [1] * 12
+    assert calls[1] == [12] and all(calls[i] == [] for i in (2, 3, 4))
+
+
+def test_exited_examples_leave_the_batch_and_match_the_simulation():
+    """Per example: the real loop takes the exit the rule picks from the full pass's logits, runs
+    each layer only for the examples still in, and predicts that exit's argmax."""
+    model = _model(seed=1)
+    batch = _batch(n=40, seed=2)
+    with torch.no_grad():
+        full = [o.logits for o in model(batch)]
+    # thresholds at quantiles of what the exits give, so that examples leave at different layers
+    maxp = torch.cat([lg.softmax(-1).max(-1).values for lg in full[:3]])
+    p = full[1].softmax(-1)
+    entropy = -(p * p.log()).sum(-1) / math.log(3)
+    rules = (ExitRule("entropy", float(entropy.quantile(0.5))), ExitRule("max_prob", float(maxp.quantile(0.6))),
+             ExitRule("patience", 1))
+    spread = set()
+    for rule in rules:
+        calls = _count_layer_calls(model)
+        preds, taken, logits = early_exit_forward(model, batch, rule)
+        sim_preds, sim_taken = simulate(full, rule)
+        assert np.array_equal(taken.numpy(), np.asarray(model.exit_layers)[sim_taken])
+        assert np.array_equal(preds.numpy(), sim_preds)
+        # the exit's logits themselves: padding masked and dropped columns change nothing
+        torch.testing.assert_close(logits, torch.stack([full[j][i] for i, j in enumerate(sim_taken)]),
+                                   rtol=1e-4, atol=1e-5)
+        # layer m ran for exactly the examples that had not exited below it
+        for m in range(1, 5):
+            still_in = int((taken >= m).sum())
+            assert calls[m] == ([still_in] if still_in else [])
+        assert calls[1] == [40]
+        spread.add(len(set(taken.tolist())))
+        for layer in encoder_layers(model.backbone):
+            layer._forward_hooks.clear()
+    assert max(spread) >= 3, "the test needs rules under which examples exit at different layers"
+
+
+@pytest.mark.parametrize("rule", [ExitRule("entropy", 0.0), ExitRule("max_prob", 1.0 + 1e-9),
+                                  ExitRule("patience", 10)])
+def test_rules_that_never_fire_give_the_full_models_predictions(rule):
+    model = _model(seed=3, exit_kind="linear")
+    batch = _batch(n=16, seed=4)
+    preds, taken, logits = early_exit_forward(model, batch, rule)
+    with torch.no_grad():
+        ref = model(batch, [4])[0].logits
+    assert taken.tolist() == [4] * 16
+    assert torch.equal(preds, ref.argmax(-1))
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_rules_against_hand_computed_cases():
+    logits = [torch.tensor([[4.0, 0.0], [0.1, 0.0], [0.0, 3.0]]),
+              torch.tensor([[3.0, 0.0], [0.0, 0.2], [0.0, 3.0]]),
+              torch.tensor([[0.0, 1.0], [0.0, 5.0], [0.0, 3.0]])]
+    # max_prob 0.9: softmax(4, 0) = 0.982 fires; (0.1, 0) = 0.525 no; (0, 3) = 0.953 fires
+    preds, taken = simulate(logits, ExitRule("max_prob", 0.9))
+    assert preds.tolist() == [0, 1, 1] and taken.tolist() == [0, 2, 0]
+    # entropy: H(0.982, 0.018)/ln2 = 0.130; H(0.953, 0.047)/ln2 = 0.273
+    p = torch.tensor([4.0, 0.0]).softmax(0)
+    h = float(-(p * p.log()).sum() / math.log(2))
+    assert abs(h - 0.130) < 1e-3
+    assert simulate(logits, ExitRule("entropy", 0.2))[1].tolist() == [0, 2, 2]
+    # patience 1: exit at the first exit whose argmax equals the previous exit's
+    preds, taken = simulate(logits, ExitRule("patience", 1))
+    assert taken.tolist() == [1, 2, 1] and preds.tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("kind,threshold", [("entropy", 1.5), ("max_prob", -0.1), ("patience", 0),
+                                            ("patience", 1.5), ("confidence", 0.5)])
+def test_bad_rules_are_rejected_with_one_line(kind, threshold):
+    with pytest.raises(ValueError) as err:
+        ExitRule(kind, threshold)
+    assert "\n" not in str(err.value) and (repr(threshold) in str(err.value) or repr(kind) in str(err.value))
+
+
+def test_flops_count_layers_and_exits():
+    model = _model(seed=5)
+    lengths = np.array([4, 7, 7])
+    table = flop_table(model, lengths)
+    layer4, exit4 = table[4]
+    assert layer4 > 0 and exit4 > 0 and table[7][0] > layer4
+    taken = np.array([0, 3, 1])  # exits 1, 4, 2
+    flops = early_exit_flops(model, table, lengths, taken)
+    assert flops[0] == layer4 + exit4
+    assert flops[1] == 4 * table[7][0] + 4 * table[7][1]
+    assert flops[2] == 2 * table[7][0] + 2 * table[7][1]
+    assert np.allclose(full_model_flops(model, table, lengths), [4 * layer4 + exit4] + [4 * table[7][0] + table[7][1]] * 2)
+
+
+def test_evaluate_rules_on_a_smoke_run(cache):
+    from acllib import make_config, train
+    from acllib.models import load_tokenizer
+    cfg = make_config("smoke", "rte", strategy="jt", exit="linear", precision="fp32")
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    model = train.build_model(cfg, 2).eval()
+    dev = next(iter(td.evals.values()))
+    rows = evaluate_rules(model, dev, "rte", "fp32", td.pad_id, grid={"max_prob": (1.0 + 1e-9, 0.0)},
+                          latency_examples=8, batch_size=4, repeats=1)
+    full, never, always = rows
+    assert full["rule"] == "none" and never["score"] == full["score"]
+    assert never["mean_exit_layer"] == model.num_layers and always["mean_exit_layer"] == 1
+    assert always["flops_fraction"] < 0.5 and never["real_equals_simulated"] == 1.0
+    assert always["real_equals_simulated"] == 1.0
+    assert all(r["latency_b1_ms"] > 0 and r["latency_batch_ms"] > 0 for r in rows)
+    logits = all_exit_logits(model, dev, "fp32", td.pad_id)
+    assert len(logits) == 4 and logits[0].shape == (len(dev), 2)
