@@ -40,11 +40,13 @@ ATTENTION = "acl_attention"
 
 
 def acl_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """BERT self-attention for transformers' AttentionInterface. Without dropout (evaluation) it is
-    transformers' own SDPA path; while training, the same product written out, so that the
+    """BERT self-attention for transformers' AttentionInterface. For inference it is transformers'
+    own SDPA path; when gradients are needed, the same product written out, so that the
     attention-probability dropout is fast_dropout rather than SDPA's slow CPU bernoulli_."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    if dropout == 0.0:
+    # SDPA for inference only: its CPU backward is much slower than the written-out product's
+    # (the pilot's fixed-model gradients run in eval mode, without dropout, but with gradients).
+    if dropout == 0.0 and not (torch.is_grad_enabled() and query.requires_grad):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
                                       scaling=scaling, **kwargs)
     if getattr(module, "is_causal", False):

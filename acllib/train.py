@@ -104,18 +104,19 @@ def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, thres
         lam = acl_grad_weight(angle, loss.lam, threshold) if acl_grad else loss.lam
         measured.append((angle, lam))
         for i in ids:
-            parts = []
-            if g_main[i] is not None and lam != 1.0:
-                parts.append(g_main[i] if lam == 0.0 else (1 - lam) * g_main[i])
-            if g_aux[i] is not None and lam != 0.0:
-                parts.append(lam * g_aux[i])
-            if not parts:
+            # (1 - lam) g_main + lam g_aux, in place in autograd's fresh buffers (one pass, no temporaries)
+            a = g_main[i] if lam != 1.0 else None
+            b = g_aux[i] if lam != 0.0 else None
+            if a is None and b is None:
                 continue  # no gradient at all: leave .grad as it is, as loss.backward() would
-            g = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-            if scale != 1.0:
-                g = g * scale
+            if a is not None and b is not None:
+                g = a.mul_((1 - lam) * scale).add_(b, alpha=lam * scale)
+            elif a is not None:
+                g = a.mul_((1 - lam) * scale) if (1 - lam) * scale != 1.0 else a
+            else:
+                g = b.mul_(lam * scale) if lam * scale != 1.0 else b
             p = params[i]
-            p.grad = g.to(p.dtype) if p.grad is None else p.grad + g
+            p.grad = g.to(p.dtype) if p.grad is None else p.grad.add_(g)
     return measured
 
 

@@ -60,6 +60,9 @@ def main(argv=None) -> None:
     parser.add_argument("--trainer-examples", type=int, default=256,
                         help="RTE examples per epoch in the Trainer comparison (3 epochs, first excluded)")
     parser.add_argument("--skip-trainer", action="store_true")
+    parser.add_argument("--accuracy-task", default="sst2",
+                        help="cpu-profile task whose CE dev accuracy is compared in bf16 and fp32 (profile seeds)")
+    parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     base = make_config("cpu", "rte", precision="bf16")
@@ -126,7 +129,40 @@ def main(argv=None) -> None:
         print(f"hf_trainer_samples_per_s_fp32: {n / trainer['fp32']['trainer']:.1f}")
         print(f"hf_trainer_samples_per_s_bf16: {n / trainer['bf16']['trainer']:.1f}")
 
+    acc = None
+    if not args.skip_accuracy:
+        # Whole cpu-profile CE runs (cached in data_cache/runs like every run, so the book's bf16
+        # runs are reused): the same seeds and data in both precisions.
+        from acllib import run
+        from acllib.config import get_profile
+        seeds = get_profile("cpu").seeds
+        score = {p: [run(make_config("cpu", args.accuracy_task, method="ce", seed=s, precision=p), progress=False)
+                     ["score"] for s in seeds] for p in ("bf16", "fp32")}
+        diffs = [statistics.fmean(b.values()) - statistics.fmean(f.values())
+                 for b, f in zip(score["bf16"], score["fp32"])]  # last exit: the only one
+        acc = (statistics.fmean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else float("nan"), len(diffs))
+        print(f"ce_dev_accuracy_{args.accuracy_task}_bf16: {statistics.fmean(v for d in score['bf16'] for v in d.values()):.2f}")
+        print(f"ce_dev_accuracy_{args.accuracy_task}_fp32: {statistics.fmean(v for d in score['fp32'] for v in d.values()):.2f}")
+
+    # The book's own figures are measured by `make book` (book/build.py records every build).
+    import json
+    from acllib import store
+    builds_path = store.cache_dir("book", "cpu") / "builds.json"
+    builds = json.loads(builds_path.read_text()) if builds_path.exists() else []
+    for kind in ("cold", "warm"):
+        done = [b for b in builds if b["kind"] == kind and b["html"] and b["exit_code"] == 0]
+        if done:
+            b = done[-1]
+            print(f"book_{kind}_minutes: {b['minutes']:.1f} (make book, {b['finished_at']}, commit {b['commit']}, "
+                  f"{b['runs_trained']} runs trained)")
+        else:
+            print(f"book_{kind}_minutes: not recorded yet (run `make book` from an empty data_cache/runs, then again)")
+    if builds:
+        print(f"peak_rss_gb: {max(b['peak_rss_gb'] for b in builds):.2f} (largest process of any recorded cpu build)")
+
     print(f"bf16_vs_fp32: {med['ce_fp32'] / med['ce_bf16']:.2f}")
+    if acc:
+        print(f"bf16_minus_fp32_dev_accuracy: {acc[0]:+.2f} (sd {acc[1]:.2f} over {acc[2]} seeds, {args.accuracy_task})")
     print(f"acl_grad_step_over_ce: {med['acl_bf16'] / med['ce_bf16']:.2f}")
     print(f"stage2_cached_over_uncached: {epoch_s['uncached'] / epoch_s['cached']:.1f}")
     if trainer:

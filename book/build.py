@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     from acllib import store  # timings live beside the chapters' results, per profile
     timings_path = store.cache_dir("book", args.profile) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    runs_dir = store.cache_dir("runs")
+    runs_before = len(list(runs_dir.glob("*.json")))
     t_start = time.perf_counter()
     for name in names:
         print(f"== {name} (profile {args.profile})", flush=True)
@@ -57,16 +59,38 @@ def main(argv=None) -> int:
         # when it grows during a notebook, it is that notebook's peak.
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
         timings[name] = {"profile": args.profile, "seconds": seconds, "max_child_rss_gb_so_far": round(peak_gb, 2)}
-        timings_path.write_text(json.dumps(timings, indent=1))
+        store.write_json(timings_path, timings)
         print(f"   done in {seconds / 60:.1f} min", flush=True)
+    # An executed chapter whose notebook was renamed or removed would be an orphan page (-W fails)
+    sources = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+    for stale in executed.glob("*.ipynb"):
+        if stale.stem not in sources and not stale.name.startswith("."):
+            stale.unlink()
     code = 0
     if not args.no_build:
         jb = Path(sys.executable).with_name("jupyter-book")
         code = subprocess.call([str(jb), "build", str(book), "-W", "-n", "--keep-going"])
-    print(f"book_minutes: {(time.perf_counter() - t_start) / 60:.1f} ({len(names)} notebooks"
-          f"{'' if args.no_build else ' and the HTML build'})")
-    print(f"peak_rss_gb: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2:.2f} (largest process)")
+    minutes = (time.perf_counter() - t_start) / 60
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+    runs_after = len(list(runs_dir.glob("*.json")))
+    # A build record for `make bench`: cold = it started from an empty run cache, warm = it trained nothing.
+    record = {"finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "minutes": round(minutes, 2),
+              "notebooks": len(names), "html": not args.no_build, "exit_code": code,
+              "runs_before": runs_before, "runs_trained": runs_after - runs_before,
+              "kind": "cold" if runs_before == 0 else ("warm" if runs_after == runs_before else "partial"),
+              "peak_rss_gb": round(peak_gb, 2), "commit": _commit()}
+    builds_path = store.cache_dir("book", args.profile) / "builds.json"
+    builds = json.loads(builds_path.read_text()) if builds_path.exists() else []
+    store.write_json(builds_path, builds + [record])
+    print(f"book_minutes: {minutes:.1f} ({record['kind']} build: {record['runs_trained']} runs trained, "
+          f"{len(names)} notebooks{'' if args.no_build else ' and the HTML build'})")
+    print(f"peak_rss_gb: {peak_gb:.2f} (largest process)")
     return code
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
