@@ -180,19 +180,20 @@ PROFILES = {p.name: p for p in [
             tasks=("rte", "mrpc"), seeds=(1, 2),
             chapters={"pilot": dict(tasks=("rte",)), "table3": dict(tasks=("rte",)), "tsne": dict(tasks=("mrpc",)),
                       "early_exit": dict(tasks=("rte",))}),
-    Profile("cpu", "the embedded default: the packaged MiniLM (6 layers) on the four GLUE tasks with "
-            "train data, subsampled so that the whole book builds in 45 minutes on 2 CPU cores",
+    Profile("cpu", "the embedded default: the packaged MiniLM (6 layers) on the GLUE tasks it learns within "
+            "the budget, subsampled so that the whole book builds in 45 minutes on 2 CPU cores",
             dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=2, stage2_epochs=2, batch_size=32,
                  micro_batch_size=32, max_length=128, eval_each_epoch=False),
-            tasks=("rte", "mrpc", "cola", "sst2"), seeds=(1, 2, 3),
-            # RTE and MRPC pairs are ~60 tokens, CoLA and SST-2 sentences ~12: 4-5x cheaper each
-            per_task={"rte": dict(train_size=300), "mrpc": dict(train_size=350),
-                      "cola": dict(train_size=700), "sst2": dict(train_size=700)},
-            # Table 3's 12 stage-1 fine-tunes per seed on SST-2, which MiniLM learns from 700
-            # examples and which costs a fourth of RTE per example; the pilot keeps RTE and 5 seeds.
+            # In a trial build with 400-1,000 training examples, MiniLM predicted the majority class
+            # on RTE, MRPC and CoLA for every method: ties that test nothing. The budget goes to the
+            # two single-sentence tasks (4-5x cheaper per example than RTE/MRPC pairs), with more data.
+            tasks=("sst2", "cola"), seeds=(1, 2, 3),
+            per_task={"sst2": dict(train_size=1200), "cola": dict(train_size=2400),
+                      "rte": dict(train_size=300), "mrpc": dict(train_size=350)},
+            # The pilot keeps the paper's RTE and 5 seeds (its angles do not need a learned task);
+            # Table 3's 12 fine-tunes per seed and the t-SNE run on SST-2.
             chapters={"pilot": dict(tasks=("rte",), seeds=(1, 2, 3, 4, 5), angle_batches=10),
-                      "table3": dict(tasks=("sst2",)), "tsne": dict(tasks=("mrpc",)),
-                      # early exiting where MiniLM learned most (SST-2), so exits have something to keep
+                      "table3": dict(tasks=("sst2",)), "tsne": dict(tasks=("sst2",)),
                       "early_exit": dict(tasks=("sst2",))}),
     Profile("paper", "the paper's setting (sec. 5.3): BERT-base, full GLUE, 15 epochs, 5 seeds; needs the hub and a GPU",
             dict(backbone="bert-base-uncased", lr=2e-5, stage2_lr=2e-5, epochs=15, stage2_epochs=15,
