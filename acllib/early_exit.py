@@ -247,3 +247,29 @@ def evaluate_rules(model: MultiExitModel, data: gdata.Encoded, task: str, precis
             row["speedup_b1"] = rows[0]["latency_b1_ms"] / row["latency_b1_ms"]
             row["speedup_batch"] = rows[0]["latency_batch_ms"] / row["latency_batch_ms"]
     return rows
+
+
+def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_examples: int = 64,
+                 batch_size: int = 32, repeats: int = 3) -> list[dict]:
+    """evaluate_rules on the dev split of a finished run's model, cached in
+    data_cache/analysis/ (keyed by the run and every argument): a warm book rebuild reuses the
+    measured latencies instead of timing again."""
+    import hashlib
+    import json
+    from . import runs, store, train
+    from .models import load_tokenizer
+    grid = DEFAULT_GRID if grid is None else grid
+    args = {"grid": {k: [float(t) for t in v] for k, v in grid.items()}, "timing": timing,
+            "latency_examples": latency_examples, "batch_size": batch_size, "repeats": repeats}
+    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+    path = store.cache_dir("analysis") / f"{cfg.hash}-early-exit-{key}.json"
+    if path.exists():
+        return store.read_json(path)["rows"]
+    model = runs.load_model(cfg)
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    dev = td.evals[next(iter(td.evals))]
+    rows = evaluate_rules(model, dev, cfg.task, cfg.precision, td.pad_id, grid, timing, latency_examples,
+                          batch_size, repeats)
+    store.write_json(path, {"config": cfg.to_dict(), "args": args, "hardware": runs.provenance(cfg)["device_name"],
+                            "threads": torch.get_num_threads(), "rows": rows})
+    return rows

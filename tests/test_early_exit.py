@@ -144,3 +144,15 @@ def test_evaluate_rules_on_a_smoke_run(cache):
     assert all(r["latency_b1_ms"] > 0 and r["latency_batch_ms"] > 0 for r in rows)
     logits = all_exit_logits(model, dev, "fp32", td.pad_id)
     assert len(logits) == 4 and logits[0].shape == (len(dev), 2)
+
+
+def test_evaluate_run_measures_once_then_reads_the_cache(cache, monkeypatch):
+    from acllib import early_exit, make_config, runs
+    cfg = make_config("smoke", "rte", strategy="jt", exit="linear", seed=4)
+    runs.run(cfg, progress=False)
+    kwargs = dict(grid={"max_prob": (0.9,)}, latency_examples=4, batch_size=2, repeats=1)
+    first = early_exit.evaluate_run(cfg, **kwargs)
+    monkeypatch.setattr(early_exit, "evaluate_rules", lambda *a, **k: pytest.fail("measured again"))
+    assert early_exit.evaluate_run(cfg, **kwargs) == first
+    with pytest.raises(Exception):
+        early_exit.evaluate_run(cfg, **{**kwargs, "repeats": 2})  # other settings: a new measurement
