@@ -198,12 +198,15 @@ EXITS = ("mha", "linear")
 def mha_exits_stacked(exits: list[MHAExit], hidden: torch.Tensor, mask: torch.Tensor):
     """[(h, logits)] of every exit e on hidden[e], computed at once with batched matmuls.
 
-    The same computation as calling each MHAExit (the test compares them); in stage 2 five small
+    The same function as calling each MHAExit (the test compares them); in stage 2 five small
     exits train on cached states, where per-exit calls cost mostly Python and kernel launches.
+    With [CLS] the only query, the key and value projections fold into it: q.(x W_k + b_k) =
+    (W_k^T q).x + const (the constant cancels in the softmax), and sum_t p_t (x_t W_v + b_v) =
+    (sum_t p_t x_t) W_v + b_v, so no token is projected to keys or values (a third of the FLOPs).
     hidden: [E, B, L, hidden]; mask: [B, L].
     """
     first = exits[0]
-    n, (E, B, L, H) = len(exits), hidden.shape
+    E, B, L, H = hidden.shape
     d, heads = first.down.out_features, first.attn.num_heads
     dh = d // heads
 
@@ -212,19 +215,20 @@ def mha_exits_stacked(exits: list[MHAExit], hidden: torch.Tensor, mask: torch.Te
 
     x = torch.baddbmm(stack(lambda ex: ex.down.bias)[:, None], hidden.reshape(E, B * L, H),
                       stack(lambda ex: ex.down.weight).transpose(1, 2))      # [E, B*L, d]
-    x = first.dropout(torch.tanh(x))
+    x = first.dropout(torch.tanh(x)).view(E, B, L, d)
     w_in, b_in = stack(lambda ex: ex.attn.in_proj_weight), stack(lambda ex: ex.attn.in_proj_bias)
-    q = torch.baddbmm(b_in[:, None, :d], x.view(E, B, L, d)[:, :, 0], w_in[:, :d].transpose(1, 2))  # [E, B, d]
-    kv = torch.baddbmm(b_in[:, None, d:], x, w_in[:, d:].transpose(1, 2))   # [E, B*L, 2d]
-    k, v = kv.view(E, B, L, 2, heads, dh).unbind(3)                         # [E, B, L, heads, dh]
-    scores = torch.matmul(q.view(E, B, heads, 1, dh), k.permute(0, 1, 3, 4, 2)) * dh ** -0.5
-    scores = scores.float().masked_fill((mask == 0)[None, :, None, None, :], float("-inf"))
+    q = torch.baddbmm(b_in[:, None, :d], x[:, :, 0], w_in[:, :d].transpose(1, 2))  # [E, B, d]
+    w_k = w_in[:, d:2 * d].reshape(E, heads, dh, d)
+    q_x = torch.matmul(q.view(E, B, heads, 1, dh), w_k[:, None]).squeeze(3)  # [E, B, heads, d]: W_k^T q
+    scores = torch.matmul(q_x, x.transpose(2, 3)) * dh ** -0.5              # [E, B, heads, L]
+    scores = scores.float().masked_fill((mask == 0)[None, :, None, :], float("-inf"))
     probs = nn.functional.dropout(scores.softmax(-1), first.attn.dropout, first.training)
-    o = torch.matmul(probs.to(v.dtype), v.transpose(2, 3)).view(E, B, d)    # [E, B, d]
+    pooled = torch.matmul(probs.to(x.dtype), x)                             # [E, B, heads, d]
+    w_v = w_in[:, 2 * d:].reshape(E, heads, dh, d)
+    o = torch.matmul(pooled.unsqueeze(3), w_v[:, None].transpose(3, 4)).reshape(E, B, d) + b_in[:, None, 2 * d:]
     h = torch.tanh(torch.baddbmm(stack(lambda ex: ex.attn.out_proj.bias)[:, None], o,
                                  stack(lambda ex: ex.attn.out_proj.weight).transpose(1, 2)))
     logits = torch.bmm(h, stack(lambda ex: ex.classifier.weight).transpose(1, 2))  # [E, B, K]
-    assert n == E
     return list(zip(h.unbind(0), logits.unbind(0)))
 
 

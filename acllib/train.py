@@ -116,7 +116,11 @@ def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, thres
             else:
                 g = b.mul_(lam * scale) if lam * scale != 1.0 else b
             p = params[i]
-            p.grad = g.to(p.dtype) if p.grad is None else p.grad.add_(g)
+            if g.stride() != p.stride() or g.dtype != p.dtype:
+                # .grad must be laid out like its parameter, as autograd's own accumulation ensures:
+                # fused AdamW misreads transposed gradients (those of the stacked exits' weights)
+                g = torch.empty_like(p).copy_(g)
+            p.grad = g if p.grad is None else p.grad.add_(g)
     return measured
 
 
@@ -314,7 +318,9 @@ class FrozenFeatures:
 
     def __call__(self, idx) -> dict[str, torch.Tensor]:
         idx_t, pos, mask = self.data.positions(idx)
-        hidden = self.hidden[:, pos] * mask[:, :, None]  # [n_layers, B, L, hidden]
+        # padded slots hold some real token's state: exits mask them out, so they are not zeroed
+        # index_select: several times faster than advanced indexing (self.hidden[:, pos]) on CPU
+        hidden = self.hidden.index_select(1, pos.reshape(-1)).view(len(self.layers), *pos.shape, -1)  # [E, B, L, hidden]
         if self.precision != "bf16":
             hidden = hidden.float()  # stored in bf16 to halve memory; fp32 runs compute in fp32
         dev = device()
@@ -341,8 +347,7 @@ class LiveFeatures:
             hs = self.model.hidden_states(batch)
             teacher = self.model.run_exits(hs, batch["attention_mask"], [last])[0]
         mask = batch["attention_mask"]
-        hidden = torch.stack([hs[m] for m in self.layers]) * mask[:, :, None]  # as cached
-        hidden = hidden.to(torch.bfloat16)  # the same rounding as the cache
+        hidden = torch.stack([hs[m] for m in self.layers]).to(torch.bfloat16)  # the same rounding as the cache
         if self.precision != "bf16":
             hidden = hidden.float()
         return {"hidden": hidden, "attention_mask": mask, "labels": batch["labels"],

@@ -152,7 +152,11 @@ def test_evaluate_run_measures_once_then_reads_the_cache(cache, monkeypatch):
     runs.run(cfg, progress=False)
     kwargs = dict(grid={"max_prob": (0.9,)}, latency_examples=4, batch_size=2, repeats=1)
     first = early_exit.evaluate_run(cfg, **kwargs)
-    monkeypatch.setattr(early_exit, "evaluate_rules", lambda *a, **k: pytest.fail("measured again"))
-    assert early_exit.evaluate_run(cfg, **kwargs) == first
-    with pytest.raises(Exception):
+    def measure(*a, **k):
+        raise RuntimeError("measured again")
+    monkeypatch.setattr(early_exit, "evaluate_rules", measure)
+    import pandas as pd  # NaN-aware: the full model's row has no threshold
+    pd.testing.assert_frame_equal(pd.DataFrame(early_exit.evaluate_run(cfg, **kwargs)), pd.DataFrame(first),
+                                  check_like=True)
+    with pytest.raises(RuntimeError, match="measured again"):
         early_exit.evaluate_run(cfg, **{**kwargs, "repeats": 2})  # other settings: a new measurement
