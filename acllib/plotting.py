@@ -22,3 +22,9 @@ def caption(profile: str, backbone: str, seeds, extra: str = "") -> str:
     """The line under every figure saying what produced it."""
     text = f"Measured here: profile '{profile}', backbone '{backbone}', seeds {list(seeds)}"
     return text + (f"; {extra}" if extra else "")
+
+
+def add_caption(fig, text: str) -> None:
+    """Write the provenance line under a figure, below its axis labels (never over them)."""
+    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.75 / fig.get_figheight()))
+    fig.text(0.0, 0.0, text, fontsize=8, va="top")
