@@ -66,3 +66,31 @@ def test_chapter_shows_figures_tables_and_paper_numbers(built_book, name):
         assert claims.chapter.str.contains("early exiting").sum() == 2
         assert set(claims.verdict) <= {stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE}
         assert stats.INCONCLUSIVE in html
+
+
+@pytest.mark.parametrize("shift, verdict", [(5.0, "supported"), (-5.0, "contradicted")])
+def test_claims_follow_the_results(built_book, cache, tmp_path, shift, verdict):
+    """Acceptance: the claims table is computed from results. Rewrite Table 1's per-seed ACL scores
+    (CE's plus `shift`, a little jitter per seed) in a copy of the smoke results, re-execute the
+    claims notebook on it, and the verdict of "ACL beats CE" must follow."""
+    import papermill
+    import pandas as pd
+    from acllib import stats
+    copy = tmp_path / "data_cache"
+    shutil.copytree(cache / "book", copy / "book")
+    path = copy / "book" / "smoke" / "02_table1" / "per_seed.csv"
+    t1 = pd.read_csv(path)
+    ce = t1[t1.row == "CE"].set_index(["task", "seed"])["score"]
+    is_acl = t1.row == "ACL"
+    t1.loc[is_acl, "score"] = [ce[(t, s)] + shift + 0.1 * i
+                               for i, (t, s) in enumerate(zip(t1.task[is_acl], t1.seed[is_acl]))]
+    t1.to_csv(path, index=False)
+    old = os.environ.get("ACL_CACHE")
+    os.environ["ACL_CACHE"] = str(copy)  # the kernel inherits it
+    try:
+        papermill.execute_notebook(str(REPO / "notebooks" / "08_claims.ipynb"), str(tmp_path / "claims.ipynb"),
+                                   parameters={"profile": "smoke"}, kernel_name="acl-repro", progress_bar=False)
+    finally:
+        os.environ["ACL_CACHE"] = old if old is not None else str(cache)
+    claims = pd.read_csv(copy / "book" / "smoke" / "claims.csv").set_index("claim")
+    assert claims.loc["ACL beats CE in full fine-tuning", "verdict"] == getattr(stats, verdict.upper())
