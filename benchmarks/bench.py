@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     builds_path = store.cache_dir("book", "cpu") / "builds.json"
     builds = json.loads(builds_path.read_text()) if builds_path.exists() else []
     for kind in ("cold", "warm"):
-        done = [b for b in builds if b["kind"] == kind and b["html"] and b["exit_code"] == 0]
+        done = [b for b in builds if b["kind"] == kind and b.get("whole_book", b["html"]) and b["exit_code"] == 0]
         if done:
             b = done[-1]
             print(f"book_{kind}_minutes: {b['minutes']:.1f} (make book, {b['finished_at']}, commit {b['commit']}, "

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     # A build record for `make bench`: cold = it started from an empty run cache, warm = it trained nothing.
     record = {"finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "minutes": round(minutes, 2),
               "notebooks": len(names), "html": not args.no_build, "exit_code": code,
+              "whole_book": args.only is None and not args.no_build,  # what `make book` does
               "runs_before": runs_before, "runs_trained": runs_after - runs_before,
               "kind": "cold" if runs_before == 0 else ("warm" if runs_after == runs_before else "partial"),
               "peak_rss_gb": round(peak_gb, 2), "commit": _commit()}
