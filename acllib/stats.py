@@ -5,6 +5,13 @@ import numpy as np
 from scipy import stats
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this scale"
+LEARNED_MARGIN = 2.0  # points above the majority-class score before a model counts as having learned
+
+
+def learned(score: float, majority: float) -> bool:
+    """Whether a model clears always predicting the most frequent class by LEARNED_MARGIN points;
+    comparisons between models that do not say nothing about learning the task."""
+    return score >= majority + LEARNED_MARGIN
 
 
 def paired(a, b, alpha: float = 0.05) -> dict:

@@ -204,6 +204,12 @@ def score(task: str, labels, preds) -> dict[str, float]:
     return metrics.compute(gdata.get_task(task).metrics, labels, preds)
 
 
+def majority_score(task: str, labels) -> dict[str, float]:
+    """What always predicting the most frequent label scores: the floor a trained model must clear."""
+    labels = np.asarray(labels)
+    return score(task, labels, np.full_like(labels, np.bincount(labels).argmax()))
+
+
 @torch.no_grad()
 def evaluate_model(model: MultiExitModel, evals: dict[str, gdata.Encoded], task: str, precision: str,
                    layers=None, pad_id: int = 0) -> dict:

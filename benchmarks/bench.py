@@ -96,10 +96,10 @@ def main(argv=None) -> None:
     # each run is the warm-up, medians of the second.
     # The book's ACL stage 2 (CE + KD + ACL-CL with ACL-Grad: two backward passes through the exits)
     # is the figure; plain 2ST (CE + KD, one backward pass) is printed beside it.
-    cfg2 = make_config("cpu", "rte", strategy="2st", stage2_aux="acl-cl", stage2_kd=True, stage2_grad=True,
-                       stage2_epochs=2, train_size=args.stage2_examples, dev_size=64, precision="bf16")
-    cfg2_plain = make_config("cpu", "rte", strategy="2st", stage2_aux="none", stage2_kd=True,
-                             stage2_epochs=2, train_size=args.stage2_examples, dev_size=64, precision="bf16")
+    stage2 = dict(strategy="2st", stage2_kd=True, stage2_epochs=2, train_size=args.stage2_examples, dev_size=64,
+                  precision="bf16")
+    cfg2 = make_config("cpu", "rte", **stage2, stage2_aux="acl-cl", stage2_grad=True)
+    cfg2_plain = make_config("cpu", "rte", **stage2, stage2_aux="none")
     td2 = train.load_task_data(cfg2, tok)
     model = train.build_model(cfg2, 2)
     layers = train.freeze_for_stage2(model)
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     builds_path = store.cache_dir("book", "cpu") / "builds.json"
     builds = json.loads(builds_path.read_text()) if builds_path.exists() else []
     for kind in ("cold", "warm"):
-        done = [b for b in builds if b["kind"] == kind and b.get("whole_book", b["html"]) and b["exit_code"] == 0]
+        done = [b for b in builds if b["kind"] == kind and b.get("whole_book") and b["exit_code"] == 0]
         if done:
             b = done[-1]
             print(f"book_{kind}_minutes: {b['minutes']:.1f} (make book, {b['finished_at']}, commit {b['commit']}, "

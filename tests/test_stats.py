@@ -34,3 +34,12 @@ def test_changing_a_result_changes_the_verdict():
     assert stats.verdict(stats.paired(worse, base)) == stats.CONTRADICTED
     mixed = [x + d for x, d in zip(base, [1.0, -1.0, 0.5, -0.6])]
     assert stats.verdict(stats.paired(mixed, base)) == stats.INCONCLUSIVE
+
+
+def test_majority_score_and_learned_hand_cases():
+    from acllib.train import majority_score
+    labels = [1, 1, 1, 0]  # always 1: accuracy 75; MRPC's F1 of always-positive: 2*0.75/(1+0.75)
+    assert majority_score("rte", labels)["accuracy"] == 75.0
+    assert abs(majority_score("mrpc", labels)["f1"] - 100 * 1.5 / 1.75) < 1e-9
+    assert majority_score("cola", labels)["mcc"] == 0.0
+    assert stats.learned(77.0, 75.0) and not stats.learned(76.9, 75.0) and not stats.learned(47.4, 52.7)
