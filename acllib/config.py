@@ -12,7 +12,7 @@ from .models import EXITS
 
 # Part of every run's hash: bump it when a code change alters what a config's run produces, so that
 # cached results made by the old code are not reused.
-RESULTS_VERSION = 3  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix
+RESULTS_VERSION = 4  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16)
 
 STRATEGIES = ("single", "direct", "2st", "jt", "alt")
 # Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)

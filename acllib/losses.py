@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 REDUCTIONS = ("sum", "mean")
+SMALL_GRADIENT = 1 << 20  # elements up to which group_angles concatenates the gradients
 
 
 def _check(temperature: float, reduction: str) -> None:
@@ -26,42 +28,46 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float,
                 reduction: str = "sum") -> torch.Tensor:
     """Supervised contrastive loss of Eq. 1 (Khosla et al. 2020; Gunel et al. 2021).
 
-    z: [N, d] representations (l2-normalized here); labels: [N] ints.
+    z: [..., N, d] representations (l2-normalized here); labels: [N] ints, shared by the leading
+    dims (stage 2 passes one batch per exit, [E, N, d], and gets E losses back).
     Anchor i's denominator runs over every k != i; its positives are the j != i with y_j = y_i.
     Anchors with no positive in the batch are left out entirely. "sum" adds the per-anchor losses,
     as Eq. 1 is printed; "mean" averages them over the anchors that count.
     """
     _check(temperature, reduction)
-    z = F.normalize(z.float(), dim=1)
-    n = z.shape[0]
-    sim = z @ z.T / temperature  # [N, N]
+    z = F.normalize(z.float(), dim=-1)
+    n = z.shape[-2]
+    sim = z @ z.transpose(-1, -2) / temperature  # [..., N, N]
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(self_mask, float("-inf"))
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # log s(i, j), -inf on the diagonal
+    log_prob = sim - torch.logsumexp(sim, dim=-1, keepdim=True)  # log s(i, j), -inf on the diagonal
     positive = (labels[:, None] == labels[None, :]) & ~self_mask  # [N, N]
     n_pos = positive.sum(dim=1)
     has_pos = n_pos > 0
     # where() rather than multiply: the diagonal holds -inf and 0 * -inf is nan.
-    pos_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-    per_anchor = -pos_log_prob[has_pos] / n_pos[has_pos]
-    if reduction == "sum":
-        return per_anchor.sum()
-    if per_anchor.numel() == 0:  # keeps the graph (and a zero gradient) when nothing counts
-        return per_anchor.sum()
-    return per_anchor.mean()
+    pos_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=-1)  # [..., N]
+    per_anchor = -pos_log_prob[..., has_pos] / n_pos[has_pos]
+    if reduction == "sum" or per_anchor.shape[-1] == 0:  # no anchor counts: 0, graph (and zero gradient) kept
+        return per_anchor.sum(dim=-1)
+    return per_anchor.mean(dim=-1)
+
+
+def _label_ids(labels: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.arange(k, device=labels.device, dtype=labels.dtype)
 
 
 def acl_embed_loss(h: torch.Tensor, labels: torch.Tensor, label_embeddings: torch.Tensor,
                    temperature: float, reduction: str = "sum") -> torch.Tensor:
     """ACL-Embed (sec. 4.2): the K label embeddings join the batch as K samples labelled 0..K-1.
 
-    h: [N, d] exit representations; label_embeddings: [K, d], the classifier's W columns as rows.
-    All N + K vectors are anchors; gradient flows into the classifier through label_embeddings.
+    h: [..., N, d] exit representations; label_embeddings: [..., K, d], the classifier's W columns
+    as rows. All N + K vectors are anchors; gradient flows into the classifier through
+    label_embeddings.
     """
-    k = label_embeddings.shape[0]
-    label_ids = torch.arange(k, device=labels.device, dtype=labels.dtype)
-    z = torch.cat([h.float(), label_embeddings.float()])  # [N + K, d]
-    return supcon_loss(z, torch.cat([labels, label_ids]), temperature, reduction)
+    k = label_embeddings.shape[-2]
+    lead = h.shape[:-2]
+    z = torch.cat([h.float(), label_embeddings.float().expand(*lead, -1, -1)], dim=-2)  # [..., N + K, d]
+    return supcon_loss(z, torch.cat([labels, _label_ids(labels, k)]), temperature, reduction)
 
 
 def acl_cross_layer_loss(h_student: torch.Tensor, emb_student: torch.Tensor,
@@ -70,25 +76,84 @@ def acl_cross_layer_loss(h_student: torch.Tensor, emb_student: torch.Tensor,
                          reduction: str = "sum") -> torch.Tensor:
     """ACL-CL (sec. 4.4): Eq. 1 on the 2N + 2K vectors of a student exit and the frozen teacher exit.
 
+    Shapes as in acl_embed_loss; the teacher's ([N, d], [K, d]) may lack the student's leading dims.
     The teacher's representations and label embeddings are detached: the teacher only guides.
     """
-    k = emb_student.shape[0]
-    label_ids = torch.arange(k, device=labels.device, dtype=labels.dtype)
-    z = torch.cat([h_student.float(), emb_student.float(),
-                   h_teacher.detach().float(), emb_teacher.detach().float()])
+    k = emb_student.shape[-2]
+    lead = h_student.shape[:-2]
+    parts = [h_student.float(), emb_student.float(), h_teacher.detach().float(), emb_teacher.detach().float()]
+    z = torch.cat([t.expand(*lead, -1, -1) for t in parts], dim=-2)  # [..., 2N + 2K, d]
+    label_ids = _label_ids(labels, k)
     y = torch.cat([labels, label_ids, labels, label_ids])  # [2N + 2K]
     return supcon_loss(z, y, temperature, reduction)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
             temperature: float = 1.0) -> torch.Tensor:
-    """Hinton et al. (2015) distillation: T^2 * KL(teacher_T || student_T), averaged over the batch."""
+    """Hinton et al. (2015) distillation: T^2 * KL(teacher_T || student_T), averaged over the batch.
+
+    student_logits: [..., N, K]; teacher_logits: [N, K] or the student's shape; returns [...].
+    """
     if not temperature > 0:
         raise ValueError(f"kd temperature must be > 0, got {temperature!r}")
     t = temperature
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    p_teacher = F.softmax(teacher_logits.detach().float() / t, dim=-1)
-    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * t * t
+    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+    p_teacher = log_p_teacher.exp()
+    # xlogy: a teacher probability that underflows to 0 contributes 0, as in F.kl_div
+    kl = (torch.xlogy(p_teacher, p_teacher) - p_teacher * log_p_student).sum(dim=-1)  # [..., N]
+    return kl.mean(dim=-1) * t * t
+
+
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """The dims of t from outermost to innermost in memory: t.permute(order) is contiguous when t is
+    dense (a transposed gradient, as autograd returns for x @ W.T weights, flattens without a copy)."""
+    return sorted(range(t.dim()), key=lambda i: (-t.stride(i), -t.shape[i]))
+
+
+def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None],
+                 sizes: Sequence[int]) -> list[float]:
+    """Angle in degrees between two gradients within each group, the groups being consecutive runs
+    of `sizes` tensors of the matching lists grads_a and grads_b (None = zero).
+
+    nan for a group where either gradient is exactly zero (no direction, so no conflict to detect).
+    """
+    if sum(sizes) != len(grads_a):
+        raise ValueError(f"group sizes {list(sizes)} do not add up to {len(grads_a)} gradients")
+    flat_a, flat_b = [], []  # both gradients flattened in the same element order (views where possible)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        ref = a if a is not None else b
+        order = None if ref is None else _memory_order(ref)
+        flat_a.append(None if a is None else a.float().permute(order).reshape(-1))
+        flat_b.append(None if b is None else b.float().permute(order).reshape(-1))
+    numels = [0 if ref is None else ref.numel() for ref in (a if a is not None else b for a, b in zip(flat_a, flat_b))]
+    if sum(numels) <= SMALL_GRADIENT:
+        # small tensors (stage 2's exits): one product per statistic over everything, summed per group
+        a = torch.cat([torch.zeros(0)] + [x if x is not None else torch.zeros(n) for x, n in zip(flat_a, numels)])
+        b = torch.cat([torch.zeros(0)] + [x if x is not None else torch.zeros(n) for x, n in zip(flat_b, numels)])
+        stats = torch.stack([a * b, a * a, b * b])  # [3, total elements]
+        ends = np.cumsum(sizes)
+        per_group = [sum(numels[e - n:e]) for e, n in zip(ends, sizes)]
+        sums = torch.stack([s.sum(1) for s in stats.split(per_group, dim=1)]).double()  # [groups, 3]
+    else:
+        # the backbone: per-tensor dots, no full-size temporaries (the naive a * b and a ** 2 over
+        # MiniLM's 22.7M parameters cost as much as a backward pass), summed in float64
+        zero = torch.zeros(())
+
+        def dot(x, y):
+            return zero if x is None or y is None else torch.dot(x, y)
+
+        per_tensor = torch.stack([torch.stack([dot(a, b), dot(a, a), dot(b, b)])
+                                  for a, b in zip(flat_a, flat_b)]).double()  # [tensors, 3]
+        sums = torch.stack([s.sum(0) for s in per_tensor.split(list(sizes))])
+    angles = []
+    for dot_ab, sq_a, sq_b in sums.tolist():  # one sync
+        if sq_a == 0.0 or sq_b == 0.0:
+            angles.append(float("nan"))
+        else:
+            cos = dot_ab / math.sqrt(sq_a * sq_b)
+            angles.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+    return angles
 
 
 def angle_between(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None]) -> float:
@@ -96,27 +161,7 @@ def angle_between(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torc
 
     nan when either gradient is exactly zero (no direction, so no conflict to detect).
     """
-    # Dot products and squared norms without full-size temporaries, summed in float64, one sync:
-    # over MiniLM's 22.7M parameters the naive a * b and a ** 2 cost as much as a backward pass.
-    dots, sq_a, sq_b = [], [], []
-    for a, b in zip(grads_a, grads_b, strict=True):
-        a = None if a is None else a.float().reshape(-1)
-        b = None if b is None else b.float().reshape(-1)
-        if a is not None:
-            sq_a.append(torch.dot(a, a))
-        if b is not None:
-            sq_b.append(torch.dot(b, b))
-        if a is not None and b is not None:
-            dots.append(torch.dot(a, b))
-
-    def total(xs):
-        return float(torch.stack(xs).double().sum()) if xs else 0.0
-
-    dot, norm_a, norm_b = total(dots), total(sq_a), total(sq_b)
-    if norm_a == 0.0 or norm_b == 0.0:
-        return float("nan")
-    cos = dot / math.sqrt(norm_a * norm_b)
-    return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    return group_angles(grads_a, grads_b, [len(grads_a)])[0]
 
 
 def gradient_angle(loss_a: torch.Tensor, loss_b: torch.Tensor,

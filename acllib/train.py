@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import data as gdata
 from . import metrics
 from .config import RunConfig
-from .losses import (acl_cross_layer_loss, acl_embed_loss, acl_grad_weight, angle_between, kd_loss,
+from .losses import (acl_cross_layer_loss, acl_embed_loss, acl_grad_weight, group_angles, kd_loss,
                      supcon_loss)
 from .models import MultiExitModel, encoder_layers, exits_forward, load_backbone, load_tokenizer
 
@@ -97,10 +97,11 @@ def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, thres
     g_main = torch.autograd.grad(loss.main, params, retain_graph=True, allow_unused=True)
     g_aux = torch.autograd.grad(loss.aux, params, allow_unused=True)
     index = {id(p): i for i, p in enumerate(params)}
+    groups = [[index[id(p)] for p in group] for group in loss.groups or [params]]
+    angles = group_angles([g_main[i] for ids in groups for i in ids], [g_aux[i] for ids in groups for i in ids],
+                          [len(ids) for ids in groups])
     measured = []
-    for group in loss.groups or [params]:
-        ids = [index[id(p)] for p in group]
-        angle = angle_between([g_main[i] for i in ids], [g_aux[i] for i in ids])
+    for ids, angle in zip(groups, angles):
         lam = acl_grad_weight(angle, loss.lam, threshold) if acl_grad else loss.lam
         measured.append((angle, lam))
         for i in ids:
@@ -249,14 +250,15 @@ def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
                           depth=n).to(device())
 
 
-def aux_loss(kind: str, rep, exit_module, labels, tau: float, teacher=None):
-    """The auxiliary loss of an exit; teacher = (representations, label embeddings) for ACL-CL."""
+def aux_loss(kind: str, rep, label_embeddings, labels, tau: float, teacher=None):
+    """The auxiliary loss of an exit (or of E stacked exits: rep [E, B, d], label_embeddings [E, K, d],
+    giving E losses); teacher = (representations, label embeddings) of the last exit for ACL-CL."""
     if kind == "scl":
         return supcon_loss(rep, labels, tau)
     if kind == "acl-embed":
-        return acl_embed_loss(rep, labels, exit_module.label_embeddings, tau)
+        return acl_embed_loss(rep, labels, label_embeddings, tau)
     if kind == "acl-cl":
-        return acl_cross_layer_loss(rep, exit_module.label_embeddings, *teacher, labels, tau)
+        return acl_cross_layer_loss(rep, label_embeddings, *teacher, labels, tau)
     raise ValueError(f"unknown auxiliary loss {kind!r}")
 
 
@@ -272,7 +274,7 @@ def full_objective(cfg: RunConfig, model: MultiExitModel):
         main = F.cross_entropy(out.logits.float(), y)
         if cfg.aux == "none":
             return Loss(main)
-        return Loss(main, aux_loss(cfg.aux, out.rep, model.exit(last), y, cfg.tau), cfg.lam)
+        return Loss(main, aux_loss(cfg.aux, out.rep, model.exit(last).label_embeddings, y, cfg.tau), cfg.lam)
 
     return objective
 
@@ -365,17 +367,17 @@ def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers, groups):
 
     def objective(batch, epoch: int) -> Loss:
         y, mask = batch["labels"], batch["attention_mask"]
-        teacher = (batch["teacher_rep"], model.exit(last).label_embeddings.detach())
-        main, aux = 0.0, 0.0
         exits = [model.exit(m) for m in layers]
-        for ex, (rep, logits) in zip(exits, exits_forward(exits, batch["hidden"], mask)):
-            main = main + F.cross_entropy(logits.float(), y)
-            if cfg.stage2_kd:
-                main = main + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature)
-            if cfg.stage2_aux != "none":
-                aux = aux + aux_loss(cfg.stage2_aux, rep, ex, y, cfg.tau, teacher)
+        rep, logits = exits_forward(exits, batch["hidden"], mask)  # [E, B, d], [E, B, K]: all exits at once
+        # sum over exits of each exit's batch-mean cross-entropy (+ distillation)
+        main = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(len(exits)), reduction="sum") / len(y)
+        if cfg.stage2_kd:
+            main = main + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature).sum()
         if cfg.stage2_aux == "none":
             return Loss(main)
+        teacher = (batch["teacher_rep"], model.exit(last).label_embeddings.detach())
+        embeddings = torch.stack([ex.label_embeddings for ex in exits])  # [E, K, d]
+        aux = aux_loss(cfg.stage2_aux, rep, embeddings, y, cfg.tau, teacher).sum()
         # Exits are independent given the frozen backbone, so summing their losses trains each one
         # separately; ACL-Grad still decides per exit (one parameter group each).
         return Loss(main, aux, cfg.lam, groups)
@@ -393,9 +395,9 @@ def evaluate_features(model: MultiExitModel, feats: dict[str, FrozenFeatures], t
         for idx in gdata.length_grouped_batches(f.lengths, EVAL_BATCH, None):
             batch = f(idx)
             with autocast(precision):
-                outs = exits_forward([model.exit(m) for m in layers], batch["hidden"], batch["attention_mask"])
-                for m, (_, logits) in zip(layers, outs):
-                    preds[m][idx] = logits.argmax(-1).cpu().numpy()
+                _, logits = exits_forward([model.exit(m) for m in layers], batch["hidden"], batch["attention_mask"])
+                for m, lg in zip(layers, logits):
+                    preds[m][idx] = lg.argmax(-1).cpu().numpy()
         labels = f.data.labels.numpy()
         out[split] = {str(m): score(task, labels, preds[m]) for m in layers}
     return out

@@ -749,3 +749,64 @@ def test_gradient_angle_random_vectors_against_numpy_free_reference():
 )
 def test_acl_grad_weight_threshold_rule(angle, lam, threshold, expected):
     assert acl_grad_weight(angle, lam, threshold) == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# Leading batch dims (stage 2 computes every exit's loss at once) and angles per parameter group
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_losses_with_leading_dims_equal_one_call_per_slice(reduction):
+    gen = torch.Generator().manual_seed(7)
+    e, n, k, d = 3, 9, 3, 5
+    h = torch.randn(e, n, d, generator=gen)
+    emb = torch.randn(e, k, d, generator=gen)
+    h_t, emb_t = torch.randn(n, d, generator=gen), torch.randn(k, d, generator=gen)
+    y = random_labels(gen, n, k)
+    y[0] = 2  # label 2 has a single example: its anchor counts only through the label embeddings
+    got = {"scl": supcon_loss(h, y, 0.4, reduction),
+           "embed": acl_embed_loss(h, y, emb, 0.4, reduction),
+           "cl": acl_cross_layer_loss(h, emb, h_t, emb_t, y, 0.4, reduction)}
+    for name, losses in got.items():
+        assert losses.shape == (e,)
+    for i in range(e):
+        assert float(got["scl"][i]) == pytest.approx(float(supcon_loss(h[i], y, 0.4, reduction)), rel=RTOL)
+        assert float(got["embed"][i]) == pytest.approx(float(acl_embed_loss(h[i], y, emb[i], 0.4, reduction)),
+                                                       rel=RTOL)
+        assert float(got["cl"][i]) == pytest.approx(
+            float(acl_cross_layer_loss(h[i], emb[i], h_t, emb_t, y, 0.4, reduction)), rel=RTOL)
+
+
+def test_kd_loss_with_leading_dims_equals_one_call_per_slice():
+    gen = torch.Generator().manual_seed(8)
+    s, t = torch.randn(4, 6, 3, generator=gen), torch.randn(6, 3, generator=gen)
+    got = kd_loss(s, t, 2.0)
+    assert got.shape == (4,)
+    for i in range(4):
+        assert float(got[i]) == pytest.approx(float(kd_loss(s[i], t, 2.0)), rel=1e-5)
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_group_angles_equal_the_angle_of_each_group(small, monkeypatch):
+    """Both code paths (concatenated small gradients, per-tensor dots for large ones) against the
+    angle of each group's concatenated vectors, with transposed tensors and None gradients."""
+    from acllib import losses
+    from acllib.losses import group_angles
+    if not small:
+        monkeypatch.setattr(losses, "SMALL_GRADIENT", 0)
+    gen = torch.Generator().manual_seed(9)
+    a = [torch.randn(4, 3, generator=gen).T, torch.randn(5, generator=gen), None,
+         torch.randn(2, 2, generator=gen), torch.randn(3, generator=gen)]
+    b = [torch.randn(4, 3, generator=gen).T, None, torch.randn(2, generator=gen),
+         torch.randn(2, 2, generator=gen).T.contiguous().T, torch.randn(3, generator=gen)]
+    zeros_like = [torch.zeros(3, 4), torch.zeros(5), torch.zeros(2), torch.zeros(2, 2), torch.zeros(3)]
+
+    def vec(xs, ids):
+        return torch.cat([(xs[i] if xs[i] is not None else zeros_like[i]).reshape(-1) for i in ids])
+
+    got = group_angles(a, b, [3, 2])
+    assert got[0] == pytest.approx(ref_angle_deg(vec(a, [0, 1, 2]), vec(b, [0, 1, 2])), abs=1e-3)
+    assert got[1] == pytest.approx(ref_angle_deg(vec(a, [3, 4]), vec(b, [3, 4])), abs=1e-3)
+    assert math.isnan(group_angles([torch.zeros(2), torch.ones(2)], [torch.ones(2), torch.ones(2)], [1, 1])[0])
+    with pytest.raises(ValueError, match=r"group sizes \[2, 2\] do not add up to 5 gradients"):
+        group_angles(a, b, [2, 2])

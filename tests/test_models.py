@@ -142,7 +142,7 @@ def test_stacked_mha_exits_equal_each_exit_alone():
     exits = [MHAExit(24, 3, 16, 4, 0.0) for _ in range(3)]
     hidden = torch.randn(3, 3, 7, 24)
     mask = _batch()["attention_mask"]
-    stacked = mha_exits_stacked(exits, hidden, mask)
+    stacked = list(zip(*mha_exits_stacked(exits, hidden, mask)))  # [(h, logits)] per exit
     alone = [ex(hidden[e], mask) for e, ex in enumerate(exits)]
     for (h, logits), (h_ref, logits_ref) in zip(stacked, alone):
         torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
@@ -154,8 +154,56 @@ def test_stacked_mha_exits_equal_each_exit_alone():
         grads.append(torch.autograd.grad(loss, [p for ex in exits for p in ex.parameters()]))
     for g, g_ref in zip(*grads):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
-    assert exits_forward(exits, hidden, mask)[1][1].shape == (3, 3)
+    h, logits = exits_forward(exits, hidden, mask)
+    assert h.shape == (3, 3, 16) and logits.shape == (3, 3, 3)
     # under bf16 autocast the stacked path stays within bf16 rounding of the per-exit one
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        lo = mha_exits_stacked(exits, hidden, mask)[2][1].float()
+        lo = mha_exits_stacked(exits, hidden, mask)[1][2].float()
     torch.testing.assert_close(lo, alone[2][1], rtol=0.05, atol=0.05)
+
+
+def _cls_pool_inputs(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    E, B, L, d, heads = 2, 3, 5, 8, 2
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 3:] = 0
+    mask[2, 1:] = 0  # [CLS] alone
+    return rand(E, B, L, d), rand(E, d, d), rand(E, d), rand(E, heads, d // heads, d), mask
+
+
+def _cls_pool_reference(x, w_q, b_q, w_k, mask, keep):
+    """The same function in plain autograd operations: query from [CLS], per-head scores, dropout, pool."""
+    E, B, L, d = x.shape
+    heads, dh = w_k.shape[1], w_k.shape[2]
+    q = (x[:, :, 0] @ w_q.transpose(1, 2) + b_q[:, None]).view(E, B, heads, dh)
+    keys = torch.einsum("ehkd,ebld->ebhlk", w_k, x)  # x projected to keys, head by head
+    scores = torch.einsum("ebhk,ebhlk->ebhl", q, keys) / dh ** 0.5
+    probs = scores.masked_fill((mask == 0)[None, :, None, :], float("-inf")).softmax(-1)
+    if keep is not None:
+        probs = probs * keep
+    return torch.einsum("ebhl,ebld->ebhd", probs, x)
+
+
+def test_cls_attention_pool_backward_against_autograd_and_finite_differences():
+    from acllib.models import ClsAttentionPool, dropout_mask
+    inputs = _cls_pool_inputs()
+    # finite differences, no dropout
+    assert torch.autograd.gradcheck(lambda *a: ClsAttentionPool.apply(*a, inputs[-1], 0.0, False), inputs[:-1])
+    # with dropout: the reference draws the same mask from the same random state
+    x, w_q, b_q, w_k, mask = inputs
+    torch.manual_seed(5)
+    out = ClsAttentionPool.apply(x, w_q, b_q, w_k, mask, 0.3, True)
+    torch.manual_seed(5)
+    keep = dropout_mask(torch.empty(2, 3, 2, 5, dtype=torch.float64), 0.3)
+    assert 0 < int((keep == 0).sum()) < keep.numel()
+    ref = _cls_pool_reference(x, w_q, b_q, w_k, mask, keep)
+    torch.testing.assert_close(out, ref)
+    weight = torch.randn_like(out)
+    got = torch.autograd.grad((weight * out).sum(), inputs[:-1])
+    want = torch.autograd.grad((weight * ref).sum(), inputs[:-1])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
