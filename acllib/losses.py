@@ -146,14 +146,30 @@ def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch
         per_tensor = torch.stack([torch.stack([dot(a, b), dot(a, a), dot(b, b)])
                                   for a, b in zip(flat_a, flat_b)]).double()  # [tensors, 3]
         sums = torch.stack([s.sum(0) for s in per_tensor.split(list(sizes))])
-    angles = []
-    for dot_ab, sq_a, sq_b in sums.tolist():  # one sync
-        if sq_a == 0.0 or sq_b == 0.0:
-            angles.append(float("nan"))
-        else:
-            cos = dot_ab / math.sqrt(sq_a * sq_b)
-            angles.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
-    return angles
+    return [_angle(*row) for row in sums.tolist()]  # one sync
+
+
+def stacked_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None],
+                   groups: int) -> list[float]:
+    """group_angles for stacked gradients: tensors [groups, ...] whose slice g belongs to group g
+    (the gradients of stack_exit_params' stacks, one group per exit); one angle per group."""
+    stats = torch.zeros(groups, 3, dtype=torch.float64)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        if a is None and b is None:
+            continue
+        a = torch.zeros_like(b) if a is None else a.float()
+        b = torch.zeros_like(a) if b is None else b.float()
+        dims = tuple(range(1, a.dim()))  # everything but the group dim, in whatever layout
+        stats += torch.stack([(a * b).sum(dims), (a * a).sum(dims), (b * b).sum(dims)], 1).double()  # [groups, 3]
+    return [_angle(*row) for row in stats.tolist()]
+
+
+def _angle(dot: float, sq_a: float, sq_b: float) -> float:
+    """Degrees from a dot product and squared norms; nan when either vector is exactly zero."""
+    if sq_a == 0.0 or sq_b == 0.0:
+        return float("nan")
+    cos = dot / math.sqrt(sq_a * sq_b)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
 
 
 def angle_between(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None]) -> float:

@@ -262,7 +262,19 @@ class ClsAttentionPool(torch.autograd.Function):
         return d_x, d_w_q, d_q.sum(1), d_w_k, None, None, None
 
 
-def mha_exits_stacked(exits: list[MHAExit], hidden: torch.Tensor, mask: torch.Tensor):
+def stack_exit_params(exits: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """Each parameter of E exits of one shape stacked along a new first dim: {name: [E, ...]}.
+
+    The stacks are ordinary autograd results, so gradients can be taken with respect to them: one
+    [E, ...] gradient per parameter name instead of one per exit and name (stage 2's ACL-Grad).
+    """
+    names = [n for n, _ in exits[0].named_parameters()]
+    per_exit = [dict(ex.named_parameters()) for ex in exits]
+    return {n: torch.stack([params[n] for params in per_exit]) for n in names}
+
+
+def mha_exits_stacked(exits: list[MHAExit], hidden: torch.Tensor, mask: torch.Tensor,
+                      stacked: dict[str, torch.Tensor] | None = None):
     """(h [E, B, d], logits [E, B, K]) of every exit e on hidden[e], computed at once with batched matmuls.
 
     The same function as calling each MHAExit (the test compares them); in stage 2 five small
@@ -270,35 +282,38 @@ def mha_exits_stacked(exits: list[MHAExit], hidden: torch.Tensor, mask: torch.Te
     With [CLS] the only query, the key and value projections fold into it: q.(x W_k + b_k) =
     (W_k^T q).x + const (the constant cancels in the softmax), and sum_t p_t (x_t W_v + b_v) =
     (sum_t p_t x_t) W_v + b_v, so no token is projected to keys or values (a third of the FLOPs).
-    hidden: [E, B, L, hidden]; mask: [B, L].
+    hidden: [E, B, L, hidden]; mask: [B, L]; stacked: stack_exit_params(exits), made here if None.
     """
     first = exits[0]
     E, B, L, H = hidden.shape
     d, heads = first.down.out_features, first.attn.num_heads
     dh = d // heads
+    w = stack_exit_params(exits) if stacked is None else stacked
 
-    def stack(get):
-        return torch.stack([get(ex) for ex in exits])
-
-    x = torch.baddbmm(stack(lambda ex: ex.down.bias)[:, None], hidden.reshape(E, B * L, H),
-                      stack(lambda ex: ex.down.weight).transpose(1, 2))      # [E, B*L, d]
+    x = torch.baddbmm(w["down.bias"][:, None], hidden.reshape(E, B * L, H),
+                      w["down.weight"].transpose(1, 2))                      # [E, B*L, d]
     x = first.dropout(torch.tanh(x)).view(E, B, L, d)
-    w_in, b_in = stack(lambda ex: ex.attn.in_proj_weight), stack(lambda ex: ex.attn.in_proj_bias)
+    w_in, b_in = w["attn.in_proj_weight"], w["attn.in_proj_bias"]
     pooled = ClsAttentionPool.apply(x, w_in[:, :d], b_in[:, :d], w_in[:, d:2 * d].reshape(E, heads, dh, d), mask,
                                     first.attn.dropout, first.training)             # [E, B, heads, d]
     w_v = w_in[:, 2 * d:].reshape(E, heads, dh, d)
     o = torch.matmul(pooled.transpose(1, 2), w_v.transpose(2, 3))           # [E, heads, B, dh]
     o = o.transpose(1, 2).reshape(E, B, d) + b_in[:, None, 2 * d:]
-    h = torch.tanh(torch.baddbmm(stack(lambda ex: ex.attn.out_proj.bias)[:, None], o,
-                                 stack(lambda ex: ex.attn.out_proj.weight).transpose(1, 2)))
-    logits = torch.bmm(h, stack(lambda ex: ex.classifier.weight).transpose(1, 2))  # [E, B, K]
+    h = torch.tanh(torch.baddbmm(w["attn.out_proj.bias"][:, None], o, w["attn.out_proj.weight"].transpose(1, 2)))
+    logits = torch.bmm(h, w["classifier.weight"].transpose(1, 2))           # [E, B, K]
     return h, logits
+
+
+def stackable(exits: list[nn.Module]) -> bool:
+    """Whether mha_exits_stacked can run these exits together (MHA exits of one configuration)."""
+    return len(exits) > 1 and all(type(ex) is MHAExit for ex in exits) and \
+        len({(ex.down.in_features, ex.down.out_features, ex.attn.num_heads, ex.dropout.p, ex.attn.dropout,
+              ex.classifier.out_features) for ex in exits}) == 1
 
 
 def exits_forward(exits: list[nn.Module], hidden: torch.Tensor, mask: torch.Tensor):
     """(h [E, B, d], logits [E, B, K]) of exit e on hidden[e] ([E, B, L, hidden]); MHA exits batched."""
-    if len(exits) > 1 and all(type(ex) is MHAExit for ex in exits) and \
-            len({(ex.down.out_features, ex.attn.num_heads, ex.dropout.p, ex.attn.dropout) for ex in exits}) == 1:
+    if stackable(exits):
         return mha_exits_stacked(exits, hidden, mask)
     h, logits = zip(*(ex(hidden[e], mask) for e, ex in enumerate(exits)))
     return torch.stack(h), torch.stack(logits)

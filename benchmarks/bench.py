@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     build_s = time.perf_counter() - t0
     live = train.build_features(cfg2, model, td2, layers, progress=False, cached=False)
     epoch_s = {(v, f): [] for v in ("acl", "2st") for f in ("cached", "uncached")}
-    for _ in range(args.repeats // 2 + 1):
+    for _ in range(args.repeats):
         for variant, cfg in (("acl", cfg2), ("2st", cfg2_plain)):
             for name, feats in (("cached", cached), ("uncached", live)):
                 log, _ = train.train_stage2(cfg, model, td2, feats, progress=False)

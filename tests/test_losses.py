@@ -810,3 +810,16 @@ def test_group_angles_equal_the_angle_of_each_group(small, monkeypatch):
     assert math.isnan(group_angles([torch.zeros(2), torch.ones(2)], [torch.ones(2), torch.ones(2)], [1, 1])[0])
     with pytest.raises(ValueError, match=r"group sizes \[2, 2\] do not add up to 5 gradients"):
         group_angles(a, b, [2, 2])
+
+
+def test_stacked_angles_equal_group_angles_of_the_slices():
+    from acllib.losses import group_angles, stacked_angles
+    gen = torch.Generator().manual_seed(10)
+    a = [torch.randn(3, 4, 2, generator=gen), torch.randn(3, 5, generator=gen).T.contiguous().T, None]
+    b = [torch.randn(3, 4, 2, generator=gen), torch.randn(3, 5, generator=gen), torch.randn(3, 2, generator=gen)]
+    b[0][1] = 0.0  # one exit's aux gradient is zero in one tensor, not in the others
+    got = stacked_angles(a, b, 3)
+    for g in range(3):
+        want = group_angles([x if x is None else x[g] for x in a], [x[g] for x in b], [3])[0]
+        assert got[g] == pytest.approx(want, abs=1e-4)
+    assert all(math.isnan(x) for x in stacked_angles([torch.zeros(2, 3)], [torch.ones(2, 3)], 2))

@@ -283,3 +283,27 @@ def test_multi_exit_runs_keep_their_weights(cache):
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     again = train.evaluate_model(model, td.evals, cfg.task, cfg.precision, pad_id=td.pad_id)
     assert again == result["final"]
+
+
+def test_clip_grad_norms_equals_clip_grad_norm_per_group():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [[(4, 3), (5,)], [(2, 2)], [(3,), (3,)]]
+    groups = [[torch.nn.Parameter(torch.randn(s, generator=gen)) for s in group] for group in shapes]
+    for scale, group in zip((10.0, 0.01, 1.0), groups):  # clipped, untouched (norm < 1), clipped
+        for p in group:
+            p.grad = torch.randn(p.shape, generator=gen) * scale
+    groups[2][1].grad = None  # a parameter without a gradient is skipped, as clip_grad_norm_ does
+    reference = [[torch.nn.Parameter(p.detach().clone()) for p in group] for group in groups]
+    for group, ref in zip(groups, reference):
+        for p, r in zip(group, ref):
+            r.grad = None if p.grad is None else p.grad.clone()
+    for group in reference:
+        torch.nn.utils.clip_grad_norm_(group, 1.0)
+    train.clip_grad_norms_(groups, 1.0)
+    for group, ref in zip(groups, reference):
+        for p, r in zip(group, ref):
+            if r.grad is None:
+                assert p.grad is None
+            else:
+                torch.testing.assert_close(p.grad, r.grad)
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in groups[0]])) == pytest.approx(1.0, rel=1e-5)
