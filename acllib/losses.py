@@ -127,10 +127,14 @@ def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch
         flat_a.append(None if a is None else a.float().permute(order).reshape(-1))
         flat_b.append(None if b is None else b.float().permute(order).reshape(-1))
     numels = [0 if ref is None else ref.numel() for ref in (a if a is not None else b for a, b in zip(flat_a, flat_b))]
+    present = [x for x in flat_a + flat_b if x is not None]
+    if not present:
+        return [float("nan")] * len(sizes)
+    dev = present[0].device
     if sum(numels) <= SMALL_GRADIENT:
-        # small tensors (stage 2's exits): one product per statistic over everything, summed per group
-        a = torch.cat([torch.zeros(0)] + [x if x is not None else torch.zeros(n) for x, n in zip(flat_a, numels)])
-        b = torch.cat([torch.zeros(0)] + [x if x is not None else torch.zeros(n) for x, n in zip(flat_b, numels)])
+        # small tensors (exits' few parameters): one product per statistic over all, summed per group
+        a = torch.cat([x if x is not None else torch.zeros(n, device=dev) for x, n in zip(flat_a, numels)])
+        b = torch.cat([x if x is not None else torch.zeros(n, device=dev) for x, n in zip(flat_b, numels)])
         stats = torch.stack([a * b, a * a, b * b])  # [3, total elements]
         ends = np.cumsum(sizes)
         per_group = [sum(numels[e - n:e]) for e, n in zip(ends, sizes)]
@@ -138,7 +142,7 @@ def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch
     else:
         # the backbone: per-tensor dots, no full-size temporaries (the naive a * b and a ** 2 over
         # MiniLM's 22.7M parameters cost as much as a backward pass), summed in float64
-        zero = torch.zeros(())
+        zero = torch.zeros((), device=dev)
 
         def dot(x, y):
             return zero if x is None or y is None else torch.dot(x, y)
@@ -153,15 +157,19 @@ def stacked_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[tor
                    groups: int) -> list[float]:
     """group_angles for stacked gradients: tensors [groups, ...] whose slice g belongs to group g
     (the gradients of stack_exit_params' stacks, one group per exit); one angle per group."""
-    stats = torch.zeros(groups, 3, dtype=torch.float64)
+    stats = []
     for a, b in zip(grads_a, grads_b, strict=True):
         if a is None and b is None:
             continue
         a = torch.zeros_like(b) if a is None else a.float()
         b = torch.zeros_like(a) if b is None else b.float()
+        if a.dim() == 1:  # a stack of scalars
+            a, b = a[:, None], b[:, None]
         dims = tuple(range(1, a.dim()))  # everything but the group dim, in whatever layout
-        stats += torch.stack([(a * b).sum(dims), (a * a).sum(dims), (b * b).sum(dims)], 1).double()  # [groups, 3]
-    return [_angle(*row) for row in stats.tolist()]
+        stats.append(torch.stack([(a * b).sum(dims), (a * a).sum(dims), (b * b).sum(dims)], 1).double())
+    if not stats:
+        return [float("nan")] * groups
+    return [_angle(*row) for row in torch.stack(stats).sum(0).tolist()]  # [groups, 3]: dot, |a|^2, |b|^2
 
 
 def _angle(dot: float, sq_a: float, sq_b: float) -> float:

@@ -127,7 +127,7 @@ def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, thres
             p = params[i]
             if g.stride() != p.stride() or g.dtype != p.dtype:
                 # .grad must be laid out like its parameter, as autograd's own accumulation ensures:
-                # fused AdamW misreads transposed gradients (those of the stacked exits' weights)
+                # fused AdamW misreads gradients strided unlike their parameter (transposed ones from bmm)
                 g = torch.empty_like(p).copy_(g)
             p.grad = g if p.grad is None else p.grad.add_(g)
     return measured
@@ -143,32 +143,41 @@ def _backward_stacked(loss: Loss, acl_grad: bool, threshold: float, scale: float
     g_aux = torch.autograd.grad(loss.aux, stacks, allow_unused=True)
     angles = stacked_angles(g_main, g_aux, len(loss.groups))
     lams = [acl_grad_weight(a, loss.lam, threshold) if acl_grad else loss.lam for a in angles]
-    w_main = torch.tensor([(1 - lam) * scale for lam in lams])  # per exit
-    w_aux = torch.tensor([lam * scale for lam in lams])
-    by_name = [dict(zip(names, group)) for group in loss.groups]
+    dev = stacks[0].device
+    w_main = torch.tensor([(1 - lam) * scale for lam in lams], device=dev)  # per exit
+    w_aux = torch.tensor([lam * scale for lam in lams], device=dev)
+    by_name = [dict(zip(names, group, strict=True)) for group in loss.groups]
     for name, stack, a, b in zip(names, stacks, g_main, g_aux):
-        if a is None and b is None:
-            continue  # no gradient at all: leave .grad as it is, as loss.backward() would
         shape = (-1,) + (1,) * (stack.dim() - 1)
-        g = a * w_main.view(shape) if a is not None else None
-        if b is not None:
-            g = b * w_aux.view(shape) if g is None else g.add_(b * w_aux.view(shape))
-        g = g.contiguous()  # each exit's slice then has its parameter's (contiguous) layout, see backward()
+        # as backward(): a gradient whose weight is 0 is left out (not multiplied by 0), and an exit
+        # left with neither keeps its .grad as it is
+        terms = [torch.where(w.view(shape) != 0, g * w.view(shape), 0) for g, w in ((a, w_main), (b, w_aux))
+                 if g is not None]
+        if not terms:
+            continue
+        g = sum(terms[1:], terms[0]).contiguous()  # exits' slices get their parameters' (contiguous) layout
         for e, params in enumerate(by_name):
+            if not ((a is not None and lams[e] != 1.0) or (b is not None and lams[e] != 0.0)):
+                continue
             p = params[name]
+            if p.shape != g[e].shape:
+                raise ValueError(f"stacked {name!r} has slices {tuple(g[e].shape)}, exit {e}'s parameter "
+                                 f"{tuple(p.shape)}: groups must list each exit's parameters in stacking order")
             p.grad = g[e] if p.grad is None else p.grad.add_(g[e])
     return list(zip(angles, lams))
 
 
+@torch.no_grad()
 def clip_grad_norms_(groups: list[list[torch.nn.Parameter]], max_norm: float) -> None:
     """torch.nn.utils.clip_grad_norm_ applied to each group on its own, with one norm kernel and
-    one scaling kernel for all groups (five clip_grad_norm_ calls were 3% of a stage-2 step)."""
+    one scaling kernel for all groups (five clip_grad_norm_ calls were 3% of a stage-2 step).
+    torch._foreach_norm / _foreach_mul_ are what clip_grad_norm_ itself calls."""
     grads = [[p.grad for p in group if p.grad is not None] for group in groups]
     flat = [g for group in grads for g in group]
     if not flat:
         return
     norms = torch.stack(torch._foreach_norm(flat)).split([len(group) for group in grads])
-    totals = torch.stack([n.square().sum().sqrt() if len(n) else torch.zeros(()) for n in norms])
+    totals = torch.stack([n.square().sum().sqrt() if len(n) else torch.zeros((), device=n.device) for n in norms])
     coefs = (max_norm / (totals + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule
     torch._foreach_mul_(flat, [c for c, group in zip(coefs.tolist(), grads) for _ in group])
 

@@ -762,8 +762,7 @@ def test_losses_with_leading_dims_equal_one_call_per_slice(reduction):
     h = torch.randn(e, n, d, generator=gen)
     emb = torch.randn(e, k, d, generator=gen)
     h_t, emb_t = torch.randn(n, d, generator=gen), torch.randn(k, d, generator=gen)
-    y = random_labels(gen, n, k)
-    y[0] = 2  # label 2 has a single example: its anchor counts only through the label embeddings
+    y = torch.tensor([2, 0, 1, 0, 1, 0, 1, 0, 1])  # label 2 once: without positives in SupCon
     got = {"scl": supcon_loss(h, y, 0.4, reduction),
            "embed": acl_embed_loss(h, y, emb, 0.4, reduction),
            "cl": acl_cross_layer_loss(h, emb, h_t, emb_t, y, 0.4, reduction)}
@@ -775,6 +774,15 @@ def test_losses_with_leading_dims_equal_one_call_per_slice(reduction):
                                                        rel=RTOL)
         assert float(got["cl"][i]) == pytest.approx(
             float(acl_cross_layer_loss(h[i], emb[i], h_t, emb_t, y, 0.4, reduction)), rel=RTOL)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_supcon_with_leading_dims_and_no_anchor_counting(reduction):
+    z = torch.randn(2, 4, 3, requires_grad=True)
+    loss = supcon_loss(z, torch.arange(4), 0.5, reduction)  # every label once: no anchor counts
+    assert loss.shape == (2,) and torch.count_nonzero(loss) == 0
+    loss.sum().backward()
+    assert torch.count_nonzero(z.grad) == 0
 
 
 def test_kd_loss_with_leading_dims_equals_one_call_per_slice():

@@ -255,6 +255,76 @@ def test_stage2_acl_grad_that_never_drops_trains_like_the_weighted_loss(cache):
         torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-5, msg=lambda msg: f"exit {m} {name}: {msg}")
 
 
+def _stage2_step_setup(aux):
+    cfg = make_config("smoke", "mrpc", strategy="2st", dropout=0.0, precision="fp32", stage2_aux=aux,
+                      stage2_kd=True, stage2_grad=True, lam=0.3)
+    td, model = _setup(cfg)
+    layers = train.freeze_for_stage2(model)
+    feats = train.build_features(cfg, model, td, layers, progress=False)
+    groups = [list(model.exit(m).parameters()) for m in layers]
+    return cfg, model, layers, feats["train"], groups
+
+
+@pytest.mark.parametrize("aux", ["scl", "acl-embed", "acl-cl"])
+def test_stage2_losses_equal_a_loop_over_the_exits(cache, aux):
+    """The stacked objective against each exit's own module and the per-example losses, exit by exit."""
+    from acllib.losses import acl_cross_layer_loss, kd_loss, supcon_loss
+    cfg, model, layers, train_f, groups = _stage2_step_setup(aux)
+    model.eval()
+    batch = train_f(list(range(8)))
+    loss = train.stage2_objective(cfg, model, layers, groups)(batch, 1)
+    y, teacher_emb = batch["labels"], model.exit(model.exit_layers[-1]).label_embeddings
+    main = aux_sum = 0.0
+    for e, m in enumerate(layers):
+        ex = model.exit(m)
+        h, logits = ex(batch["hidden"][e], batch["attention_mask"])
+        main += F.cross_entropy(logits, y) + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature)
+        if aux == "scl":
+            aux_sum += supcon_loss(h, y, cfg.tau)
+        elif aux == "acl-embed":
+            aux_sum += acl_embed_loss(h, y, ex.label_embeddings, cfg.tau)
+        else:
+            aux_sum += acl_cross_layer_loss(h, ex.label_embeddings, batch["teacher_rep"], teacher_emb, y, cfg.tau)
+    assert float(loss.main.detach()) == pytest.approx(float(main.detach()), rel=1e-5)
+    assert float(loss.aux.detach()) == pytest.approx(float(aux_sum.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("aux", ["scl", "acl-embed", "acl-cl"])
+def test_stacked_acl_grad_step_equals_the_per_parameter_one(cache, aux, monkeypatch):
+    """backward() on the stacked exit parameters against the per-parameter path: a different lam per
+    exit (0, 0.3, 1), two micro-batches of half weight accumulated, every .grad and every angle."""
+    import dataclasses
+    cfg, model, layers, train_f, groups = _stage2_step_setup(aux)
+    objective = train.stage2_objective(cfg, model, layers, groups)
+    params = [p for g in groups for p in g]
+    batches = [train_f(list(range(0, 8))), train_f(list(range(8, 16)))]
+    results = []
+    for stacked in (True, False):
+        lams = iter([0.0, 0.3, 1.0] * 2)
+        monkeypatch.setattr(train, "acl_grad_weight", lambda angle, lam, threshold: next(lams))
+        for p in params:
+            p.grad = None
+        measured = []
+        for batch in batches:
+            loss = objective(batch, 1)
+            assert loss.stacked is not None  # the MHA exits run stacked
+            if not stacked:
+                loss = dataclasses.replace(loss, stacked=None)
+            measured += train.backward(loss, params, True, cfg.angle_threshold, False, scale=0.5)
+        results.append((measured, [None if p.grad is None else p.grad.clone() for p in params],
+                        [p.grad is None or p.grad.stride() == p.stride() for p in params]))
+    (m_stacked, g_stacked, layout), (m_plain, g_plain, _) = results
+    assert [lam for _, lam in m_stacked] == [lam for _, lam in m_plain] == [0.0, 0.3, 1.0] * 2
+    assert [a for a, _ in m_stacked] == pytest.approx([a for a, _ in m_plain], abs=1e-3)
+    assert all(layout)
+    names = [f"exit {m} {n}" for m in layers for n, _ in model.exit(m).named_parameters()]
+    for name, a, b in zip(names, g_stacked, g_plain):
+        assert (a is None) == (b is None), name  # scl at lam 1: exit 3's classifier gets no gradient
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda msg: f"{name}: {msg}")
+    assert sum(g is None for g in g_plain) == (1 if aux == "scl" else 0)
+
+
 def test_stage2_variant_does_not_depend_on_its_group(cache):
     """run_two_stage reuses one model for all variants of a stage 1: a variant run after another
     must give what it gives alone (exits restored, random stream reseeded)."""
@@ -287,12 +357,13 @@ def test_multi_exit_runs_keep_their_weights(cache):
 
 def test_clip_grad_norms_equals_clip_grad_norm_per_group():
     gen = torch.Generator().manual_seed(0)
-    shapes = [[(4, 3), (5,)], [(2, 2)], [(3,), (3,)]]
+    shapes = [[(4, 3), (5,)], [(2, 2)], [(3,), (3,)], [(2,)]]
     groups = [[torch.nn.Parameter(torch.randn(s, generator=gen)) for s in group] for group in shapes]
     for scale, group in zip((10.0, 0.01, 1.0), groups):  # clipped, untouched (norm < 1), clipped
         for p in group:
             p.grad = torch.randn(p.shape, generator=gen) * scale
     groups[2][1].grad = None  # a parameter without a gradient is skipped, as clip_grad_norm_ does
+    groups[3][0].grad = None  # and a group without any
     reference = [[torch.nn.Parameter(p.detach().clone()) for p in group] for group in groups]
     for group, ref in zip(groups, reference):
         for p, r in zip(group, ref):
