@@ -186,14 +186,16 @@ PROFILES = {p.name: p for p in [
                  micro_batch_size=32, max_length=128, eval_each_epoch=False),
             # In trial builds MiniLM predicted the majority class for every method on RTE (300-400
             # training examples), MRPC (350-500) and CoLA (up to 2,400): ties that test nothing. SST-2
-            # learns within the budget, so the tables spend it there, on 5 seeds rather than more tasks.
-            tasks=("sst2",), seeds=(1, 2, 3, 4, 5),
+            # learns within the budget, so the tables spend it there, on 8 seeds rather than more tasks
+            # (with 5, verdicts at p ~ 0.03 flipped between builds that differed in random streams only).
+            tasks=("sst2",), seeds=(1, 2, 3, 4, 5, 6, 7, 8),
             per_task={"sst2": dict(train_size=1500), "cola": dict(train_size=2400),
                       "rte": dict(train_size=300), "mrpc": dict(train_size=350)},
             # The pilot keeps the paper's RTE and 5 seeds (its angles do not need a learned task);
-            # Table 3 and the t-SNE run on SST-2.
+            # Table 3 and the t-SNE run on SST-2, the λ sweep on the paper's 5 seeds (its twelve
+            # fine-tunes per seed are half of the book's cost).
             chapters={"pilot": dict(tasks=("rte",), seeds=(1, 2, 3, 4, 5), angle_batches=10),
-                      "table3": dict(tasks=("sst2",)), "tsne": dict(tasks=("sst2",)),
+                      "table3": dict(tasks=("sst2",), seeds=(1, 2, 3, 4, 5)), "tsne": dict(tasks=("sst2",)),
                       "early_exit": dict(tasks=("sst2",))}),
     Profile("paper", "the paper's setting (sec. 5.3): BERT-base, full GLUE, 15 epochs, 5 seeds; needs the hub and a GPU",
             dict(backbone="bert-base-uncased", lr=2e-5, stage2_lr=2e-5, epochs=15, stage2_epochs=15,
