@@ -9,12 +9,10 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 REDUCTIONS = ("sum", "mean")
-SMALL_GRADIENT = 1 << 20  # elements up to which group_angles concatenates the gradients
 
 
 def _check(temperature: float, reduction: str) -> None:
@@ -105,12 +103,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return kl.mean(dim=-1) * t * t
 
 
-def _memory_order(t: torch.Tensor) -> list[int]:
-    """The dims of t from outermost to innermost in memory: t.permute(order) is contiguous when t is
-    dense (a transposed gradient, as autograd returns for x @ W.T weights, flattens without a copy)."""
-    return sorted(range(t.dim()), key=lambda i: (-t.stride(i), -t.shape[i]))
-
-
 def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None],
                  sizes: Sequence[int]) -> list[float]:
     """Angle in degrees between two gradients within each group, the groups being consecutive runs
@@ -120,37 +112,20 @@ def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch
     """
     if sum(sizes) != len(grads_a):
         raise ValueError(f"group sizes {list(sizes)} do not add up to {len(grads_a)} gradients")
-    flat_a, flat_b = [], []  # both gradients flattened in the same element order (views where possible)
-    for a, b in zip(grads_a, grads_b, strict=True):
-        ref = a if a is not None else b
-        order = None if ref is None else _memory_order(ref)
-        flat_a.append(None if a is None else a.float().permute(order).reshape(-1))
-        flat_b.append(None if b is None else b.float().permute(order).reshape(-1))
-    numels = [0 if ref is None else ref.numel() for ref in (a if a is not None else b for a, b in zip(flat_a, flat_b))]
-    present = [x for x in flat_a + flat_b if x is not None]
+    present = [g for g in (*grads_a, *grads_b) if g is not None]
     if not present:
         return [float("nan")] * len(sizes)
-    dev = present[0].device
-    if sum(numels) <= SMALL_GRADIENT:
-        # small tensors (exits' few parameters): one product per statistic over all, summed per group
-        a = torch.cat([x if x is not None else torch.zeros(n, device=dev) for x, n in zip(flat_a, numels)])
-        b = torch.cat([x if x is not None else torch.zeros(n, device=dev) for x, n in zip(flat_b, numels)])
-        stats = torch.stack([a * b, a * a, b * b])  # [3, total elements]
-        ends = np.cumsum(sizes)
-        per_group = [sum(numels[e - n:e]) for e, n in zip(ends, sizes)]
-        sums = torch.stack([s.sum(1) for s in stats.split(per_group, dim=1)]).double()  # [groups, 3]
-    else:
-        # the backbone: per-tensor dots, no full-size temporaries (the naive a * b and a ** 2 over
-        # MiniLM's 22.7M parameters cost as much as a backward pass), summed in float64
-        zero = torch.zeros((), device=dev)
+    # Per-tensor dot products, no full-size temporaries (the naive a * b and a ** 2 over MiniLM's
+    # 22.7M parameters cost as much as a backward pass), summed in float64 with one sync.
+    zero = torch.zeros((), device=present[0].device)
 
-        def dot(x, y):
-            return zero if x is None or y is None else torch.dot(x, y)
+    def dot(x, y):
+        return zero if x is None or y is None else torch.dot(x.float().reshape(-1), y.float().reshape(-1))
 
-        per_tensor = torch.stack([torch.stack([dot(a, b), dot(a, a), dot(b, b)])
-                                  for a, b in zip(flat_a, flat_b)]).double()  # [tensors, 3]
-        sums = torch.stack([s.sum(0) for s in per_tensor.split(list(sizes))])
-    return [_angle(*row) for row in sums.tolist()]  # one sync
+    per_tensor = torch.stack([torch.stack([dot(a, b), dot(a, a), dot(b, b)])
+                              for a, b in zip(grads_a, grads_b, strict=True)]).double()  # [tensors, 3]
+    sums = torch.stack([s.sum(0) for s in per_tensor.split(list(sizes))])
+    return [_angle(*row) for row in sums.tolist()]
 
 
 def stacked_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None],
@@ -163,10 +138,8 @@ def stacked_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[tor
             continue
         a = torch.zeros_like(b) if a is None else a.float()
         b = torch.zeros_like(a) if b is None else b.float()
-        if a.dim() == 1:  # a stack of scalars
-            a, b = a[:, None], b[:, None]
-        dims = tuple(range(1, a.dim()))  # everything but the group dim, in whatever layout
-        stats.append(torch.stack([(a * b).sum(dims), (a * a).sum(dims), (b * b).sum(dims)], 1).double())
+        a, b = a.reshape(groups, -1), b.reshape(groups, -1)
+        stats.append(torch.stack([(a * b).sum(1), (a * a).sum(1), (b * b).sum(1)], 1).double())
     if not stats:
         return [float("nan")] * groups
     return [_angle(*row) for row in torch.stack(stats).sum(0).tolist()]  # [groups, 3]: dot, |a|^2, |b|^2

@@ -319,10 +319,12 @@ def stackable(exits: list[nn.Module]) -> bool:
               ex.classifier.out_features) for ex in exits}) == 1
 
 
-def exits_forward(exits: list[nn.Module], hidden: torch.Tensor, mask: torch.Tensor):
-    """(h [E, B, d], logits [E, B, K]) of exit e on hidden[e] ([E, B, L, hidden]); MHA exits batched."""
+def exits_forward(exits: list[nn.Module], hidden: torch.Tensor, mask: torch.Tensor,
+                  stacked: dict[str, torch.Tensor] | None = None):
+    """(h [E, B, d], logits [E, B, K]) of exit e on hidden[e] ([E, B, L, hidden]); MHA exits batched
+    (with `stacked`, the stack_exit_params to run them from, when the caller needs the stacks)."""
     if stackable(exits):
-        return mha_exits_stacked(exits, hidden, mask)
+        return mha_exits_stacked(exits, hidden, mask, stacked)
     h, logits = zip(*(ex(hidden[e], mask) for e, ex in enumerate(exits)))
     return torch.stack(h), torch.stack(logits)
 

@@ -25,8 +25,8 @@ from . import metrics
 from .config import RunConfig
 from .losses import (acl_cross_layer_loss, acl_embed_loss, acl_grad_weight, group_angles, kd_loss, stacked_angles,
                      supcon_loss)
-from .models import (MultiExitModel, encoder_layers, exits_forward, load_backbone, load_tokenizer, mha_exits_stacked,
-                     stack_exit_params, stackable)
+from .models import (MultiExitModel, encoder_layers, exits_forward, load_backbone, load_tokenizer, stack_exit_params,
+                     stackable)
 
 MAX_GRAD_NORM = 1.0  # Hugging Face Trainer's default, which the paper keeps (sec. 5.3)
 EVAL_BATCH = 32  # length-grouped: on CPU larger batches only add padding (RTE dev: 25% at 128, 8% at 32)
@@ -430,10 +430,7 @@ def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers, groups):
         y, mask = batch["labels"], batch["attention_mask"]
         exits = [model.exit(m) for m in layers]
         stacked = stack_exit_params(exits) if stackable(exits) else None
-        if stacked is not None:
-            rep, logits = mha_exits_stacked(exits, batch["hidden"], mask, stacked)  # [E, B, d], [E, B, K]
-        else:
-            rep, logits = exits_forward(exits, batch["hidden"], mask)
+        rep, logits = exits_forward(exits, batch["hidden"], mask, stacked)  # [E, B, d], [E, B, K]
         # sum over exits of each exit's batch-mean cross-entropy (+ distillation)
         main = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(len(exits)), reduction="sum") / len(y)
         if cfg.stage2_kd:

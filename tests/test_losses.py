@@ -794,14 +794,9 @@ def test_kd_loss_with_leading_dims_equals_one_call_per_slice():
         assert float(got[i]) == pytest.approx(float(kd_loss(s[i], t, 2.0)), rel=1e-5)
 
 
-@pytest.mark.parametrize("small", [True, False])
-def test_group_angles_equal_the_angle_of_each_group(small, monkeypatch):
-    """Both code paths (concatenated small gradients, per-tensor dots for large ones) against the
-    angle of each group's concatenated vectors, with transposed tensors and None gradients."""
-    from acllib import losses
+def test_group_angles_equal_the_angle_of_each_group():
+    """Against the angle of each group's concatenated vectors, with transposed tensors and None gradients."""
     from acllib.losses import group_angles
-    if not small:
-        monkeypatch.setattr(losses, "SMALL_GRADIENT", 0)
     gen = torch.Generator().manual_seed(9)
     a = [torch.randn(4, 3, generator=gen).T, torch.randn(5, generator=gen), None,
          torch.randn(2, 2, generator=gen), torch.randn(3, generator=gen)]
