@@ -30,12 +30,13 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
         return store.read_json(path)["angles"]
     model = runs.load_model(cfg, progress)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
-    getter = train.BatchGetter(td.train, td.pad_id)
+    getter = train.BatchGetter(td.train, td.pad_id, cfg.encoder_parts)
     params = [p for p in model.parameters() if p.requires_grad]
     last = model.exit_layers[-1]
     batch_size = train.update_batch_size(cfg, len(td.train))
-    batches = gdata.length_grouped_batches(getter.lengths, min(batch_size, cfg.micro_batch_size),
-                                           np.random.default_rng(cfg.seed))[:max_batches]
+    # batches composed as in training (cfg.batches), from a stream of their own
+    batches = gdata.train_batches(getter.lengths, min(batch_size, cfg.micro_batch_size),
+                                  np.random.default_rng(cfg.seed), cfg.batches)[:max_batches]
     angles = []
     for idx in tqdm(batches, desc=f"angles {cfg.task}/{cfg.method} seed {cfg.seed}", disable=not progress,
                     leave=False):

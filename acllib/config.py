@@ -7,12 +7,12 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .data import get_task
+from .data import BATCH_ORDERS, get_task
 from .models import EXITS
 
 # Part of every run's hash: bump it when a code change alters what a config's run produces, so that
 # cached results made by the old code are not reused.
-RESULTS_VERSION = 4  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16)
+RESULTS_VERSION = 5  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16); 5: random training batches, linear exits with the pre-trained pooler
 
 STRATEGIES = ("single", "direct", "2st", "jt", "alt")
 # Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)
@@ -20,6 +20,13 @@ METHODS = {"ce": ("none", False), "ce+scl": ("scl", False),
            "acl-embed": ("acl-embed", False), "acl": ("acl-embed", True)}
 STAGE2_AUX = ("none", "scl", "acl-embed", "acl-cl")
 PRECISIONS = ("auto", "bf16", "fp32")
+# How lam weighs the auxiliary loss. "convex": (1 - lam) main + lam aux, as sec. 3.1 and 4.2 print it;
+# at lam = 1 no classifier is trained. "additive": main + lam aux, under which the classifier always
+# learns, which is what the paper's Table 3 numbers (CE+SCL 68.6 at lam = 1) imply.
+AUX_WEIGHTINGS = ("convex", "additive")
+# What stage 2's ACL-Grad measures the aux gradient's angle against: the exit's CE (Eq. 4: "g_ACL
+# and g_CE") or its whole main loss, CE + KD.
+STAGE2_GRAD_REFS = ("ce", "ce+kd")
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,11 @@ class RunConfig:
     stage2_kd: bool = False
     stage2_aux: str = "none"
     stage2_grad: bool = False
+    stage2_grad_ref: str = "ce"
     stage2_lr: float = 2e-5
     stage2_epochs: int = 15
     lam: float = 0.02
+    aux_weighting: str = "convex"
     tau: float = 0.5
     angle_threshold: float = 90.0
     kd_temperature: float = 1.0
@@ -51,6 +60,8 @@ class RunConfig:
     batch_size: int | None = 32        # examples per update; None: derived from updates_per_epoch
     updates_per_epoch: int | None = None
     micro_batch_size: int = 32         # examples per forward pass (gradient accumulation above it)
+    batches: str = "random"            # training batch composition: see data.train_batches
+    encoder_parts: int = 4             # length-sorted pieces of the forward pass (data.length_sorted_parts)
     max_length: int = 128
     train_size: int | None = None      # seeded subsample of train (the same subset for every seed)
     dev_size: int | None = None
@@ -79,7 +90,7 @@ class RunConfig:
         return _normalize(replace(self, strategy="single", log_angles=False))
 
 
-_STAGE2_FIELDS = ("stage2_kd", "stage2_aux", "stage2_grad", "stage2_lr", "stage2_epochs",
+_STAGE2_FIELDS = ("stage2_kd", "stage2_aux", "stage2_grad", "stage2_grad_ref", "stage2_lr", "stage2_epochs",
                   "kd_temperature")
 
 
@@ -91,18 +102,20 @@ def _normalize(cfg: RunConfig) -> RunConfig:
     else:
         if cfg.stage2_aux == "none":
             cfg = replace(cfg, stage2_grad=False)
+        if not (cfg.stage2_grad or cfg.log_angles) or not cfg.stage2_kd:  # the reference matters only then
+            cfg = replace(cfg, stage2_grad_ref=default.stage2_grad_ref)
         if not cfg.stage2_kd:
             cfg = replace(cfg, kd_temperature=default.kd_temperature)
     if not cfg.acl_grad and not cfg.stage2_grad:
         cfg = replace(cfg, angle_threshold=default.angle_threshold)
-    if cfg.exit == "linear":
+    if cfg.exit != "mha":
         cfg = replace(cfg, d_e=default.d_e, heads=default.heads)
     if cfg.batch_size is not None:
         cfg = replace(cfg, updates_per_epoch=None)
     if cfg.strategy != "direct":
         cfg = replace(cfg, depth=None)
     if cfg.aux == "none" and cfg.stage2_aux == "none":  # (jt and alt are CE-only: validated)
-        cfg = replace(cfg, tau=default.tau, lam=default.lam, log_angles=False)
+        cfg = replace(cfg, tau=default.tau, lam=default.lam, aux_weighting=default.aux_weighting, log_angles=False)
     return cfg
 
 
@@ -114,6 +127,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.exit in EXITS, f"unknown exit {cfg.exit!r}; choose one of {', '.join(EXITS)}"),
         (cfg.stage2_aux in STAGE2_AUX, f"unknown stage2_aux {cfg.stage2_aux!r}; choose one of {', '.join(STAGE2_AUX)}"),
         (cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}"),
+        (cfg.aux_weighting in AUX_WEIGHTINGS, f"unknown aux_weighting {cfg.aux_weighting!r}; choose one of {', '.join(AUX_WEIGHTINGS)}"),
+        (cfg.stage2_grad_ref in STAGE2_GRAD_REFS, f"unknown stage2_grad_ref {cfg.stage2_grad_ref!r}; choose one of {', '.join(STAGE2_GRAD_REFS)}"),
+        (cfg.batches in BATCH_ORDERS, f"unknown batches {cfg.batches!r}; choose one of {', '.join(BATCH_ORDERS)}"),
+        (cfg.encoder_parts >= 1, f"encoder_parts must be >= 1, got {cfg.encoder_parts!r}"),
         (0.0 <= cfg.lam <= 1.0, f"lam must lie in [0, 1], got {cfg.lam!r}"),
         (cfg.tau > 0, f"tau must be > 0, got {cfg.tau!r}"),
         (0.0 <= cfg.angle_threshold <= 180.0, f"angle_threshold must lie in [0, 180], got {cfg.angle_threshold!r}"),

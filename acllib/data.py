@@ -1,4 +1,4 @@
-"""GLUE: task specs, the data source, tokenize-once caches and length-grouped dynamic batches."""
+"""GLUE: task specs, the data source, tokenize-once caches, random training batches and dynamic padding."""
 from __future__ import annotations
 
 import hashlib
@@ -150,12 +150,47 @@ def subsample(data: Encoded, size: int | None, seed: int) -> Encoded:
     return data.subset(idx)
 
 
+BATCH_ORDERS = ("random", "length-grouped")
+
+
+def train_batches(lengths, batch_size: int, rng: np.random.Generator, order: str = "random") -> list[np.ndarray]:
+    """One epoch's training batches.
+
+    "random": a fresh random partition every epoch, as Hugging Face's Trainer does by default (the
+    paper defers to it): who shares a batch is random, which contrastive losses depend on. Padding
+    is kept down without changing batch composition by `length_sorted_parts`.
+    "length-grouped": `length_grouped_batches` (fewer padded tokens, but on a small training set
+    nearly the same batches every epoch and seed; kept to measure what that did).
+    """
+    if order == "random":
+        perm = rng.permutation(len(lengths))
+        return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    if order == "length-grouped":
+        return length_grouped_batches(lengths, batch_size, rng)
+    raise ValueError(f"unknown batch order {order!r}; choose one of {', '.join(BATCH_ORDERS)}")
+
+
+def length_sorted_parts(lengths, idx, parts: int) -> list[np.ndarray]:
+    """A batch cut into `parts` pieces of similar lengths, for the encoder's forward pass only.
+
+    An encoder's states of one example do not depend on the other examples of its batch (padding is
+    masked), so running the pieces separately and concatenating gives the same states as one padded
+    batch (tests/test_train.py checks it) with less padding: random SST-2 batches of 32 are 66%
+    padding, in 4 pieces 27%. Losses are still computed over the whole batch.
+    """
+    idx = np.asarray(idx)
+    order = idx[np.argsort(-np.asarray(lengths)[idx], kind="stable")]
+    parts = max(1, min(parts, len(order)))
+    return [order[j * len(order) // parts:(j + 1) * len(order) // parts] for j in range(parts)]
+
+
 def length_grouped_batches(lengths, batch_size: int, rng: np.random.Generator | None,
                            mega: int = 50) -> list[np.ndarray]:
     """Index batches of similar lengths, so dynamic padding wastes little.
 
     Like Hugging Face's group_by_length: shuffle, cut into mega-batches of `mega` batches, sort each
-    by length, split, shuffle the batch order. rng=None gives a fixed, fully sorted order (for eval).
+    by length, split, shuffle the batch order. rng=None gives a fixed, fully sorted order (for eval,
+    where batch composition does not matter).
     """
     lengths = np.asarray(lengths)
     if rng is None:

@@ -113,14 +113,27 @@ def _resolve(backbone: str) -> str:
     return backbone
 
 
+def _detach_pooler(model: nn.Module) -> nn.Module:
+    """Remove the encoder's pooler (exits do their own pooling) and keep its weights as a plain
+    dict, model.pretrained_pooler, that linear exits start from (None when there is none)."""
+    pooler = getattr(model, "pooler", None)
+    dense = getattr(pooler, "dense", None)
+    state = None if dense is None else {k: v.detach().clone() for k, v in dense.state_dict().items()}
+    if pooler is not None:
+        model.pooler = None
+    object.__setattr__(model, "pretrained_pooler", state)  # not a submodule: stays out of state_dict
+    return model
+
+
 def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
-    """The pre-trained encoder (no pooler), with its dropout set; 'tiny' is randomly initialised."""
+    """The pre-trained encoder, with its dropout set, its pooler detached (see _detach_pooler);
+    'tiny' is randomly initialised."""
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel
     drop = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if backbone == "tiny":
         torch.manual_seed(seed)
         cfg = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, **TINY, **drop)
-        return use_fast_dropout(BertModel(cfg, add_pooling_layer=False))
+        return _detach_pooler(use_fast_dropout(BertModel(cfg, add_pooling_layer=True)))
     path = str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone)
     cfg = AutoConfig.from_pretrained(path)
     for key, value in drop.items():
@@ -128,15 +141,12 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
             setattr(cfg, key, value)
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the dropped pooler's weights are reported "unexpected": expected
+    hf_logging.set_verbosity_error()  # e.g. a checkpoint without pooler weights: reported, expected
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a bar per load would land in every notebook's stderr
     try:
-        try:
-            model = AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False)
-        except TypeError:  # encoders without a pooler option
-            model = AutoModel.from_pretrained(path, config=cfg)
-        return use_fast_dropout(model)
+        model = AutoModel.from_pretrained(path, config=cfg)
+        return _detach_pooler(use_fast_dropout(model))
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -193,10 +203,24 @@ class MHAExit(nn.Module):
 
 
 class LinearExit(nn.Module):
-    """PABEE/DeeBERT-style exit: a linear classifier on the [CLS] state."""
+    """A linear classifier on one vector per example, pooled from the layer's states by `pooling`:
+    "pooler": PABEE's exit, the [CLS] state through a dense + tanh pooler initialised from the
+      backbone's pre-trained one (each exit its own copy, as DeeBERT gives each exit a pooler);
+    "cls": the [CLS] state as it is (no pooler);
+    "mean": the mean over the example's tokens, the pooling MiniLM was pre-trained with.
+    The pooled vector is h, what the contrastive losses see.
+    """
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, pooling: str = "pooler",
+                 pooler_state: dict[str, torch.Tensor] | None = None):
         super().__init__()
+        if pooling not in ("pooler", "cls", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of pooler, cls, mean")
+        self.pooling = pooling
+        if pooling == "pooler":
+            self.pooler = nn.Linear(hidden_size, hidden_size)
+            if pooler_state is not None:
+                self.pooler.load_state_dict(pooler_state)
         self.dropout = FastDropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
@@ -205,11 +229,18 @@ class LinearExit(nn.Module):
         return self.classifier.weight  # [K, hidden]
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
-        h = hidden[:, 0]
+        if self.pooling == "mean":
+            m = mask.to(hidden.dtype)[..., None]  # [B, L, 1]
+            h = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        else:
+            h = hidden[:, 0]
+            if self.pooling == "pooler":
+                h = torch.tanh(self.pooler(h))
         return h, self.classifier(self.dropout(h))
 
 
-EXITS = ("mha", "linear")
+# "linear": PABEE's pooled [CLS]; "linear-cls": [CLS] without a pooler; "linear-mean": mean pooling
+EXITS = ("mha", "linear", "linear-cls", "linear-mean")
 
 
 class ClsAttentionPool(torch.autograd.Function):
@@ -329,11 +360,13 @@ def exits_forward(exits: list[nn.Module], hidden: torch.Tensor, mask: torch.Tens
     return torch.stack(h), torch.stack(logits)
 
 
-def make_exit(kind: str, hidden_size: int, num_labels: int, d_e: int, heads: int, dropout: float):
+def make_exit(kind: str, hidden_size: int, num_labels: int, d_e: int, heads: int, dropout: float,
+              pooler_state: dict[str, torch.Tensor] | None = None):
     if kind == "mha":
         return MHAExit(hidden_size, num_labels, d_e, heads, dropout)
-    if kind == "linear":
-        return LinearExit(hidden_size, num_labels, dropout)
+    if kind in ("linear", "linear-cls", "linear-mean"):
+        pooling = {"linear": "pooler", "linear-cls": "cls", "linear-mean": "mean"}[kind]
+        return LinearExit(hidden_size, num_labels, dropout, pooling, pooler_state)
     raise ValueError(f"unknown exit {kind!r}; choose one of {', '.join(EXITS)}")
 
 
@@ -365,7 +398,8 @@ class MultiExitModel(nn.Module):
         if not all(1 <= m <= self.num_layers for m in self.exit_layers):
             raise ValueError(f"exit layers {self.exit_layers} must lie in 1..{self.num_layers}")
         hidden = backbone.config.hidden_size
-        self.exits = nn.ModuleDict({str(m): make_exit(exit_kind, hidden, num_labels, d_e, heads, dropout)
+        pooler = getattr(backbone, "pretrained_pooler", None)  # see load_backbone
+        self.exits = nn.ModuleDict({str(m): make_exit(exit_kind, hidden, num_labels, d_e, heads, dropout, pooler)
                                     for m in self.exit_layers})
 
     def exit(self, layer: int) -> nn.Module:
@@ -383,7 +417,12 @@ class MultiExitModel(nn.Module):
         return [ExitOutput(m, *self.exit(m)(hidden_states[m], mask)) for m in layers]
 
     def forward(self, batch, layers=None) -> list[ExitOutput]:
-        """Every requested exit from one pass of the backbone."""
+        """Every requested exit from one pass of the backbone. A batch given as length-sorted
+        "parts" (train.BatchGetter) runs part by part, outputs concatenated in the parts' order."""
+        if "parts" in batch:
+            outs = [self.forward(part, layers) for part in batch["parts"]]
+            return [ExitOutput(o[0].layer, torch.cat([x.rep for x in o]), torch.cat([x.logits for x in o]))
+                    for o in zip(*outs)]
         return self.run_exits(self.hidden_states(batch), batch["attention_mask"], layers)
 
     def parameter_report(self) -> dict[str, float]:

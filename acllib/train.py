@@ -77,7 +77,8 @@ def update_batch_size(cfg: RunConfig, n_train: int) -> int:
 # ----------------------------------------------------------------------------------- the step
 @dataclass
 class Loss:
-    """(1 - lam) * main + lam * aux; ACL-Grad (Eq. 4) decides lam per parameter group."""
+    """(1 - lam) * main + lam * aux (or main + lam * aux if `additive`); ACL-Grad (Eq. 4) decides lam
+    per parameter group, from the angle between aux's gradient and ref's (main's when ref is None)."""
     main: torch.Tensor
     aux: torch.Tensor | None = None
     lam: float = 0.0
@@ -87,6 +88,12 @@ class Loss:
     # ACL-Grad then differentiates with respect to the stacks: every use of an exit's parameter
     # in main or aux must go through them (a use of the parameter itself would be missed).
     stacked: dict[str, torch.Tensor] | None = None
+    additive: bool = False
+    ref: torch.Tensor | None = None  # e.g. stage 2's CE when main is CE + KD
+
+    def weights(self, lam: float) -> tuple[float, float]:
+        """The weights of main and aux for a group whose aux weight is lam."""
+        return (1.0 if self.additive else 1.0 - lam), lam
 
 
 def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, threshold: float,
@@ -97,33 +104,36 @@ def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, thres
     passes through the same graph, then the weighted sum is written into .grad directly.
     """
     if loss.aux is None or not (acl_grad or log_angles):
-        total = loss.main if loss.aux is None else (1 - loss.lam) * loss.main + loss.lam * loss.aux
+        w_main, w_aux = loss.weights(loss.lam)
+        total = loss.main if loss.aux is None else w_main * loss.main + w_aux * loss.aux
         (total * scale).backward()
         return []
     if loss.stacked is not None:
         return _backward_stacked(loss, acl_grad, threshold, scale)
     g_main = torch.autograd.grad(loss.main, params, retain_graph=True, allow_unused=True)
+    g_ref = g_main if loss.ref is None else torch.autograd.grad(loss.ref, params, retain_graph=True, allow_unused=True)
     g_aux = torch.autograd.grad(loss.aux, params, allow_unused=True)
     index = {id(p): i for i, p in enumerate(params)}
     groups = [[index[id(p)] for p in group] for group in loss.groups or [params]]
-    angles = group_angles([g_main[i] for ids in groups for i in ids], [g_aux[i] for ids in groups for i in ids],
+    angles = group_angles([g_ref[i] for ids in groups for i in ids], [g_aux[i] for ids in groups for i in ids],
                           [len(ids) for ids in groups])
     measured = []
     for ids, angle in zip(groups, angles):
         lam = acl_grad_weight(angle, loss.lam, threshold) if acl_grad else loss.lam
         measured.append((angle, lam))
+        w_main, w_aux = loss.weights(lam)
         for i in ids:
-            # (1 - lam) g_main + lam g_aux, in place in autograd's fresh buffers (one pass, no temporaries)
-            a = g_main[i] if lam != 1.0 else None
-            b = g_aux[i] if lam != 0.0 else None
+            # w_main g_main + w_aux g_aux, in place in autograd's fresh buffers (one pass, no temporaries)
+            a = g_main[i] if w_main != 0.0 else None
+            b = g_aux[i] if w_aux != 0.0 else None
             if a is None and b is None:
                 continue  # no gradient at all: leave .grad as it is, as loss.backward() would
             if a is not None and b is not None:
-                g = a.mul_((1 - lam) * scale).add_(b, alpha=lam * scale)
+                g = a.mul_(w_main * scale).add_(b, alpha=w_aux * scale)
             elif a is not None:
-                g = a.mul_((1 - lam) * scale) if (1 - lam) * scale != 1.0 else a
+                g = a.mul_(w_main * scale) if w_main * scale != 1.0 else a
             else:
-                g = b.mul_(lam * scale) if lam * scale != 1.0 else b
+                g = b.mul_(w_aux * scale) if w_aux * scale != 1.0 else b
             p = params[i]
             if g.stride() != p.stride() or g.dtype != p.dtype:
                 # .grad must be laid out like its parameter, as autograd's own accumulation ensures:
@@ -140,12 +150,14 @@ def _backward_stacked(loss: Loss, acl_grad: bool, threshold: float, scale: float
     names = list(loss.stacked)
     stacks = [loss.stacked[n] for n in names]
     g_main = torch.autograd.grad(loss.main, stacks, retain_graph=True, allow_unused=True)
+    g_ref = g_main if loss.ref is None else torch.autograd.grad(loss.ref, stacks, retain_graph=True, allow_unused=True)
     g_aux = torch.autograd.grad(loss.aux, stacks, allow_unused=True)
-    angles = stacked_angles(g_main, g_aux, len(loss.groups))
+    angles = stacked_angles(g_ref, g_aux, len(loss.groups))
     lams = [acl_grad_weight(a, loss.lam, threshold) if acl_grad else loss.lam for a in angles]
     dev = stacks[0].device
-    w_main = torch.tensor([(1 - lam) * scale for lam in lams], device=dev)  # per exit
-    w_aux = torch.tensor([lam * scale for lam in lams], device=dev)
+    weights = [loss.weights(lam) for lam in lams]
+    w_main = torch.tensor([wm * scale for wm, _ in weights], device=dev)  # per exit
+    w_aux = torch.tensor([wa * scale for _, wa in weights], device=dev)
     by_name = [dict(zip(names, group, strict=True)) for group in loss.groups]
     for name, stack, a, b in zip(names, stacks, g_main, g_aux):
         shape = (-1,) + (1,) * (stack.dim() - 1)
@@ -157,7 +169,7 @@ def _backward_stacked(loss: Loss, acl_grad: bool, threshold: float, scale: float
             continue
         g = sum(terms[1:], terms[0]).contiguous()  # exits' slices get their parameters' (contiguous) layout
         for e, params in enumerate(by_name):
-            if not ((a is not None and lams[e] != 1.0) or (b is not None and lams[e] != 0.0)):
+            if not ((a is not None and weights[e][0] != 0.0) or (b is not None and weights[e][1] != 0.0)):
                 continue
             p = params[name]
             if p.shape != g[e].shape:
@@ -228,7 +240,7 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
         set_train_mode()
         t0 = time.perf_counter()
         losses = []
-        batches = gdata.length_grouped_batches(lengths, batch_size, rng)
+        batches = gdata.train_batches(lengths, batch_size, rng, cfg.batches)
         bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for idx in bar:
             chunks = [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
@@ -288,12 +300,21 @@ def evaluate_model(model: MultiExitModel, evals: dict[str, gdata.Encoded], task:
 
 # ------------------------------------------------------------------------- full fine-tuning
 class BatchGetter:
-    def __init__(self, data: gdata.Encoded, pad_id: int):
-        self.data, self.pad_id, self.lengths = data, pad_id, data.lengths.numpy()
+    """Training batches on the device; with parts > 1, as length-sorted parts for the encoder
+    (gdata.length_sorted_parts), labels in the parts' order."""
 
-    def __call__(self, idx):
+    def __init__(self, data: gdata.Encoded, pad_id: int, parts: int = 1):
+        self.data, self.pad_id, self.lengths, self.parts = data, pad_id, data.lengths.numpy(), parts
+
+    def _one(self, idx):
         dev = device()
         return {k: v.to(dev) for k, v in gdata.collate(self.data, idx, self.pad_id).items()}
+
+    def __call__(self, idx):
+        if self.parts == 1:
+            return self._one(idx)
+        parts = [self._one(p) for p in gdata.length_sorted_parts(self.lengths, idx, self.parts)]
+        return {"parts": parts, "labels": torch.cat([p["labels"] for p in parts])}
 
 
 def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
@@ -330,7 +351,8 @@ def full_objective(cfg: RunConfig, model: MultiExitModel):
         main = F.cross_entropy(out.logits.float(), y)
         if cfg.aux == "none":
             return Loss(main)
-        return Loss(main, aux_loss(cfg.aux, out.rep, model.exit(last).label_embeddings, y, cfg.tau), cfg.lam)
+        return Loss(main, aux_loss(cfg.aux, out.rep, model.exit(last).label_embeddings, y, cfg.tau), cfg.lam,
+                    additive=cfg.aux_weighting == "additive")
 
     return objective
 
@@ -338,7 +360,7 @@ def full_objective(cfg: RunConfig, model: MultiExitModel):
 def train_full(cfg: RunConfig, model: MultiExitModel, td: TaskData, progress: bool = True) -> FitLog:
     """single / direct / jt / alt: the backbone and its exits trained together."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    getter = BatchGetter(td.train, td.pad_id)
+    getter = BatchGetter(td.train, td.pad_id, cfg.encoder_parts)
     return fit(cfg, named_params=named, n_train=len(td.train), get_batch=getter,
                objective=full_objective(cfg, model), set_train_mode=model.train,
                evaluate=lambda: evaluate_model(model, td.evals, cfg.task, cfg.precision, pad_id=td.pad_id),
@@ -356,9 +378,9 @@ class FrozenFeatures:
     """
 
     def __init__(self, model: MultiExitModel, data: gdata.Encoded, layers, precision: str,
-                 pad_id: int, progress: bool = False, desc: str = "caching features"):
+                 pad_id: int, progress: bool = False, desc: str = "caching features", parts: int = 1):
         self.data, self.layers, self.lengths = data, list(layers), data.lengths.numpy()
-        self.precision = precision
+        self.precision, self.parts = precision, parts
         hidden_size = model.backbone.config.hidden_size
         self.hidden = torch.empty(len(self.layers), int(data.offsets[-1]), hidden_size, dtype=torch.bfloat16)
         last = model.exit_layers[-1]
@@ -380,7 +402,12 @@ class FrozenFeatures:
                 self.teacher_rep[idx] = teacher.rep.float().cpu()
                 self.teacher_logits[idx] = teacher.logits.float().cpu()
 
-    def __call__(self, idx) -> dict[str, torch.Tensor]:
+    def __call__(self, idx) -> dict:
+        """The batch idx in `parts` length-sorted pieces: hidden and attention_mask are lists (one
+        [E, b, L, hidden] / [b, L] per piece); labels, teacher and index follow the pieces' order."""
+        return _in_parts(self, idx)
+
+    def piece(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
         idx_t, pos, mask = self.data.positions(idx)
         # padded slots hold some real token's state: exits mask them out, so they are not zeroed
         # index_select layer by layer: 4x faster than one index_select(1, ...) over all layers, and
@@ -392,22 +419,38 @@ class FrozenFeatures:
         hidden = hidden.view(E, *pos.shape, H)  # [E, B, L, hidden]
         if self.precision != "bf16":
             hidden = hidden.float()  # stored in bf16 to halve memory; fp32 runs compute in fp32
-        dev = device()
-        return {"hidden": hidden.to(dev), "attention_mask": mask.long().to(dev),
-                "labels": self.data.labels[idx_t].to(dev),
-                "teacher_rep": self.teacher_rep[idx_t].to(dev),
-                "teacher_logits": self.teacher_logits[idx_t].to(dev)}
+        return hidden.to(device()), mask.long().to(device())
+
+
+def _in_parts(features, idx) -> dict:
+    pieces = gdata.length_sorted_parts(features.lengths, idx, features.parts)
+    order = np.concatenate(pieces)
+    got = [features.piece(p) for p in pieces]
+    dev = device()
+    out = {"hidden": [g[0] for g in got], "attention_mask": [g[1] for g in got], "index": order,
+           "labels": features.data.labels[torch.as_tensor(order)].to(dev)}
+    if hasattr(features, "teacher_rep"):  # cached
+        out["teacher_rep"] = features.teacher_rep[torch.as_tensor(order)].to(dev)
+        out["teacher_logits"] = features.teacher_logits[torch.as_tensor(order)].to(dev)
+    else:  # live: each piece computed its teacher
+        out["teacher_rep"] = torch.cat([g[2] for g in got])
+        out["teacher_logits"] = torch.cat([g[3] for g in got])
+    return out
 
 
 class LiveFeatures:
     """The same batches as FrozenFeatures, recomputed by the frozen backbone at every call."""
 
-    def __init__(self, model: MultiExitModel, data: gdata.Encoded, layers, precision: str, pad_id: int):
+    def __init__(self, model: MultiExitModel, data: gdata.Encoded, layers, precision: str, pad_id: int,
+                 parts: int = 1):
         self.model, self.data, self.layers, self.precision = model, data, list(layers), precision
-        self.pad_id, self.lengths = pad_id, data.lengths.numpy()
+        self.pad_id, self.lengths, self.parts = pad_id, data.lengths.numpy(), parts
+
+    def __call__(self, idx) -> dict:
+        return _in_parts(self, idx)
 
     @torch.no_grad()
-    def __call__(self, idx) -> dict[str, torch.Tensor]:
+    def piece(self, idx):
         batch = {k: v.to(device()) for k, v in gdata.collate(self.data, idx, self.pad_id).items()}
         last = self.model.exit_layers[-1]
         self.model.backbone.eval()  # frozen in stage 2: no dropout, as when caching
@@ -419,8 +462,7 @@ class LiveFeatures:
         hidden = torch.stack([hs[m] for m in self.layers]).to(torch.bfloat16)  # the same rounding as the cache
         if self.precision != "bf16":
             hidden = hidden.float()
-        return {"hidden": hidden, "attention_mask": mask, "labels": batch["labels"],
-                "teacher_rep": teacher.rep.float(), "teacher_logits": teacher.logits.float()}
+        return hidden, mask, teacher.rep.float(), teacher.logits.float()
 
 
 def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers, groups):
@@ -430,11 +472,14 @@ def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers, groups):
         y, mask = batch["labels"], batch["attention_mask"]
         exits = [model.exit(m) for m in layers]
         stacked = stack_exit_params(exits) if stackable(exits) else None
-        rep, logits = exits_forward(exits, batch["hidden"], mask, stacked)  # [E, B, d], [E, B, K]
+        outs = [exits_forward(exits, h, m, stacked) for h, m in zip(batch["hidden"], mask)]  # per piece
+        rep = torch.cat([r for r, _ in outs], 1)        # [E, B, d]
+        logits = torch.cat([lg for _, lg in outs], 1)   # [E, B, K]
         # sum over exits of each exit's batch-mean cross-entropy (+ distillation)
-        main = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(len(exits)), reduction="sum") / len(y)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(len(exits)), reduction="sum") / len(y)
+        main = ce
         if cfg.stage2_kd:
-            main = main + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature).sum()
+            main = ce + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature).sum()
         if cfg.stage2_aux == "none":
             return Loss(main)
         teacher = (batch["teacher_rep"], model.exit(last).label_embeddings.detach())
@@ -444,7 +489,8 @@ def stage2_objective(cfg: RunConfig, model: MultiExitModel, layers, groups):
         aux = aux_loss(cfg.stage2_aux, rep, embeddings, y, cfg.tau, teacher).sum()
         # Exits are independent given the frozen backbone, so summing their losses trains each one
         # separately; ACL-Grad still decides per exit (one parameter group each).
-        return Loss(main, aux, cfg.lam, groups, stacked)
+        ref = ce if cfg.stage2_kd and cfg.stage2_grad_ref == "ce" else None  # Eq. 4's angle is against CE
+        return Loss(main, aux, cfg.lam, groups, stacked, additive=cfg.aux_weighting == "additive", ref=ref)
 
     return objective
 
@@ -459,12 +505,20 @@ def evaluate_features(model: MultiExitModel, feats: dict[str, FrozenFeatures], t
         for idx in gdata.length_grouped_batches(f.lengths, EVAL_BATCH, None):
             batch = f(idx)
             with autocast(precision):
-                _, logits = exits_forward([model.exit(m) for m in layers], batch["hidden"], batch["attention_mask"])
-                for m, lg in zip(layers, logits):
-                    preds[m][idx] = lg.argmax(-1).cpu().numpy()
+                for h, mask, piece in zip(batch["hidden"], batch["attention_mask"],
+                                          _split(batch["index"], batch["attention_mask"])):
+                    _, logits = exits_forward([model.exit(m) for m in layers], h, mask)
+                    for m, lg in zip(layers, logits):
+                        preds[m][piece] = lg.argmax(-1).cpu().numpy()
         labels = f.data.labels.numpy()
         out[split] = {str(m): score(task, labels, preds[m]) for m in layers}
     return out
+
+
+def _split(index, masks) -> list[np.ndarray]:
+    """The example indices of each piece of a batch from _in_parts."""
+    bounds = np.cumsum([0] + [len(m) for m in masks])
+    return [index[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def freeze_for_stage2(model: MultiExitModel) -> list[int]:
@@ -514,8 +568,10 @@ def build_features(cfg: RunConfig, model: MultiExitModel, td: TaskData, layers, 
     """Cached features when they fit in $ACL_FEATURE_CACHE_GB (default 8), else live ones."""
     if cached is None:
         cached = feature_cache_gb(model, td, layers) <= float(os.environ.get("ACL_FEATURE_CACHE_GB", "8"))
+    splits = {"train": td.train, **td.evals}
+    # training batches are random, so they come in length-sorted pieces; eval batches are sorted already
+    parts = {s: cfg.encoder_parts if s == "train" else 1 for s in splits}
     if not cached:
-        return {s: LiveFeatures(model, d, layers, cfg.precision, td.pad_id)
-                for s, d in {"train": td.train, **td.evals}.items()}
-    return {s: FrozenFeatures(model, d, layers, cfg.precision, td.pad_id, progress, f"{cfg.task} {s} features")
-            for s, d in {"train": td.train, **td.evals}.items()}
+        return {s: LiveFeatures(model, d, layers, cfg.precision, td.pad_id, parts[s]) for s, d in splits.items()}
+    return {s: FrozenFeatures(model, d, layers, cfg.precision, td.pad_id, progress, f"{cfg.task} {s} features",
+                              parts[s]) for s, d in splits.items()}

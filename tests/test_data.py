@@ -82,3 +82,49 @@ def test_glue_source_setting(monkeypatch):
     monkeypatch.delenv("ACL_GLUE_SOURCE")
     expected = str(data._LOCAL_GLUE) if data._LOCAL_GLUE.is_dir() else data.HUB_GLUE
     assert data.glue_source() == expected
+
+
+def _batch_mates(batches_per_epoch, n):
+    """How many distinct other examples each example has shared a batch with, over the epochs."""
+    seen = np.zeros((n, n), dtype=bool)
+    for batches in batches_per_epoch:
+        for b in batches:
+            seen[np.ix_(b, b)] = True
+    np.fill_diagonal(seen, False)
+    return seen.sum(1)
+
+
+def test_random_batches_mix_like_random_partitions_and_length_grouping_does_not(tok, cache):
+    """Who shares a batch, over 20 epochs of SST-2's 1,500-example subset in batches of 32, against
+    the random expectation: a pair shares a batch in one epoch with probability (b-1)/(n-1), so an
+    example meets (n-1)(1-(1-(b-1)/(n-1))^E) others on average. Length grouping in mega-batches of
+    50 (the old scheme: one mega-batch here) keeps nearly the same batches every epoch."""
+    enc = data.subsample(data.encode_split("sst2", "train", tok, max_length=128), 1500, seed=0)
+    lengths, n, b, epochs = enc.lengths.numpy(), len(enc), 32, 20
+    expected = (n - 1) * (1 - (1 - (b - 1) / (n - 1)) ** epochs)
+    mates = {}
+    for order in data.BATCH_ORDERS:
+        rng = np.random.default_rng(0)
+        per_epoch = [data.train_batches(lengths, b, rng, order) for _ in range(epochs)]
+        for batches in per_epoch:  # every epoch covers each example once
+            assert sorted(np.concatenate(batches).tolist()) == list(range(n))
+        mates[order] = _batch_mates(per_epoch, n).mean()
+    assert abs(mates["random"] / expected - 1) < 0.02
+    assert mates["length-grouped"] < 0.4 * expected
+    # different seeds give different first epochs
+    a = data.train_batches(lengths, b, np.random.default_rng(1))
+    c = data.train_batches(lengths, b, np.random.default_rng(2))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    with pytest.raises(ValueError, match="unknown batch order 'sorted'"):
+        data.train_batches(lengths, b, np.random.default_rng(0), "sorted")
+
+
+def test_length_sorted_parts_partition_the_batch_and_cut_padding(tok, cache):
+    enc = data.subsample(data.encode_split("sst2", "train", tok, max_length=128), 1500, seed=0)
+    lengths = enc.lengths.numpy()
+    batches = data.train_batches(lengths, 32, np.random.default_rng(0))
+    pieces = [p for bt in batches for p in data.length_sorted_parts(lengths, bt, 4)]
+    for bt in batches:
+        parts = data.length_sorted_parts(lengths, bt, 4)
+        assert sorted(np.concatenate(parts).tolist()) == sorted(bt.tolist()) and len(parts) == min(4, len(bt))
+    assert data.padding_share(lengths, pieces) < 0.5 * data.padding_share(lengths, batches)

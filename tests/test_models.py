@@ -1,5 +1,6 @@
 """Exits and the multi-exit model against independent references (plain nn.MultiheadAttention,
 the Hugging Face backbone's own hidden states)."""
+import pytest
 import torch
 from torch import nn
 
@@ -41,13 +42,42 @@ def test_mha_exit_ignores_padding():
     torch.testing.assert_close(ex(hidden, mask)[0], ex(changed, mask)[0])
 
 
-def test_linear_exit_reads_cls():
+def test_linear_exits_pool_as_stated():
     torch.manual_seed(0)
-    ex = LinearExit(24, 2, dropout=0.0).eval()
     hidden = torch.randn(3, 7, 24)
-    h, logits = ex(hidden, torch.ones(3, 7))
-    torch.testing.assert_close(h, hidden[:, 0])
-    torch.testing.assert_close(logits, hidden[:, 0] @ ex.classifier.weight.T + ex.classifier.bias)
+    mask = torch.ones(3, 7)
+    mask[1, 4:] = 0
+    hidden_garbage = hidden.clone()
+    hidden_garbage[mask == 0] = 100.0
+    pooler = {"weight": torch.randn(24, 24), "bias": torch.randn(24)}
+    for pooling in ("pooler", "cls", "mean"):
+        ex = LinearExit(24, 2, dropout=0.0, pooling=pooling, pooler_state=pooler).eval()
+        h, logits = ex(hidden, mask)
+        if pooling == "pooler":  # PABEE: tanh(W [CLS] + b), W and b the pre-trained pooler's
+            want = torch.tanh(hidden[:, 0] @ pooler["weight"].T + pooler["bias"])
+        elif pooling == "cls":
+            want = hidden[:, 0]
+        else:  # mean over the real tokens, by a loop
+            want = torch.stack([hidden[i, mask[i].bool()].mean(0) for i in range(3)])
+        torch.testing.assert_close(h, want)
+        torch.testing.assert_close(logits, want @ ex.classifier.weight.T + ex.classifier.bias)
+        torch.testing.assert_close(ex(hidden_garbage, mask)[0], h)  # padding never read
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        LinearExit(24, 2, pooling="max")
+
+
+def test_linear_exits_start_from_the_pretrained_pooler():
+    from safetensors import safe_open
+    from acllib.models import packaged_minilm_dir
+    backbone = load_backbone("minilm", dropout=0.0)
+    assert backbone.pooler is None and not any("pooler" in k for k in backbone.state_dict())
+    model = MultiExitModel(backbone, 2, [1, 6], "linear")
+    with safe_open(str(packaged_minilm_dir() / "model.safetensors"), "pt") as f:
+        weight = f.get_tensor("pooler.dense.weight")
+    for m in (1, 6):
+        assert torch.equal(model.exit(m).pooler.weight.detach(), weight)
+    model.exit(1).pooler.weight.data.add_(1.0)  # each exit owns its copy
+    assert torch.equal(model.exit(6).pooler.weight.detach(), weight)
 
 
 def test_exits_read_the_backbones_hidden_states():

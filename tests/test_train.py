@@ -1,10 +1,12 @@
 """Training strategies on the smoke profile: ACL-Grad, stage 2, JT/ALT, determinism and the run cache."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from acllib import data as gdata
 from acllib import make_config, runs, train
 from acllib.losses import acl_embed_loss, angle_between
 from acllib.models import load_tokenizer
@@ -141,12 +143,16 @@ def test_stage2_cached_and_live_features_agree(cache):
     layers = train.freeze_for_stage2(model)
     cached = train.build_features(cfg, model, td, layers, progress=False, cached=True)["train"]
     live = train.build_features(cfg, model, td, layers, progress=False, cached=False)["train"]
-    idx = [3, 0, 7]
+    idx = [3, 0, 7, 11, 5]
     a, b = cached(idx), live(idx)
-    for key in ("attention_mask", "labels"):
-        assert torch.equal(a[key], b[key])
-    real = a["attention_mask"].bool()  # padded slots are masked out by every exit, so may differ
-    torch.testing.assert_close(a["hidden"][:, real].float(), b["hidden"][:, real].float())
+    assert cached.parts == cfg.encoder_parts > 1 and len(a["hidden"]) == cfg.encoder_parts
+    assert sorted(a["index"]) == sorted(idx) and np.array_equal(a["index"], b["index"])
+    assert torch.equal(a["labels"], b["labels"])
+    assert torch.equal(a["labels"], td.train.labels[torch.as_tensor(a["index"])])
+    for ha, hb, ma, mb in zip(a["hidden"], b["hidden"], a["attention_mask"], b["attention_mask"]):
+        assert torch.equal(ma, mb)
+        real = ma.bool()  # padded slots are masked out by every exit, so may differ
+        torch.testing.assert_close(ha[:, real].float(), hb[:, real].float())
     torch.testing.assert_close(a["teacher_logits"], b["teacher_logits"], rtol=1e-4, atol=1e-5)
 
 
@@ -277,7 +283,8 @@ def test_stage2_losses_equal_a_loop_over_the_exits(cache, aux):
     main = aux_sum = 0.0
     for e, m in enumerate(layers):
         ex = model.exit(m)
-        h, logits = ex(batch["hidden"][e], batch["attention_mask"])
+        outs = [ex(hidden[e], mask) for hidden, mask in zip(batch["hidden"], batch["attention_mask"])]
+        h, logits = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         main += F.cross_entropy(logits, y) + kd_loss(logits, batch["teacher_logits"], cfg.kd_temperature)
         if aux == "scl":
             aux_sum += supcon_loss(h, y, cfg.tau)
@@ -378,3 +385,75 @@ def test_clip_grad_norms_equals_clip_grad_norm_per_group():
             else:
                 torch.testing.assert_close(p.grad, r.grad)
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in groups[0]])) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_batch_in_length_sorted_parts_gives_the_padded_batchs_outputs(cache):
+    """Running the encoder on length-sorted parts of a batch is the same function as one padded
+    batch: every exit's representation and logits, example by example."""
+    cfg = make_config("smoke", "rte", strategy="jt", exit="mha", precision="fp32")
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    model = train.build_model(cfg, 2).eval()
+    idx = np.random.default_rng(0).permutation(len(td.train))[:16]
+    whole = train.BatchGetter(td.train, td.pad_id)(idx)
+    parted = train.BatchGetter(td.train, td.pad_id, parts=4)(idx)
+    assert len(parted["parts"]) == 4
+    order = np.concatenate(gdata.length_sorted_parts(td.train.lengths.numpy(), idx, 4))
+    where = {int(i): k for k, i in enumerate(idx)}
+    perm = torch.tensor([where[int(i)] for i in order])
+    assert torch.equal(parted["labels"], whole["labels"][perm])
+    with torch.no_grad():
+        for a, b in zip(model(whole), model(parted)):
+            torch.testing.assert_close(b.rep, a.rep[perm], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(b.logits, a.logits[perm], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_additive_weighting_is_ce_plus_lam_aux(rte_batch, grad):
+    """aux_weighting='additive': the gradient of CE + lam aux (not (1 - lam) CE + lam aux); with
+    ACL-Grad dropping the aux term, CE keeps its full weight under both readings."""
+    for threshold, lam_used in ((180.0, 1.0), (0.0, 0.0)):
+        cfg = make_config("smoke", "rte", method="acl" if grad else "acl-embed", lam=1.0, aux_weighting="additive",
+                          precision="fp32", **({"angle_threshold": threshold} if grad else {}))
+        model = train.build_model(cfg, 2)
+        params = [p for p in model.parameters() if p.requires_grad]
+        model.train()
+        torch.manual_seed(123)
+        loss = train.full_objective(cfg, model)(rte_batch, 1)
+        assert loss.additive and loss.weights(1.0) == (1.0, 1.0) and loss.weights(0.0) == (1.0, 0.0)
+        w_aux = lam_used if grad else 1.0
+        ref = torch.autograd.grad(loss.main + w_aux * loss.aux, params, retain_graph=True, allow_unused=True)
+        measured = train.backward(loss, params, grad, cfg.angle_threshold, False)
+        assert [lam for _, lam in measured] == ([lam_used] if grad else [])
+        for p, r in zip(params, ref):
+            if r is not None:
+                torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-5)
+        if not grad:
+            break
+    convex = make_config("smoke", "rte", method="acl-embed", lam=1.0, precision="fp32")
+    assert train.full_objective(convex, train.build_model(convex, 2))(rte_batch, 1).weights(1.0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("ref", ["ce", "ce+kd"])
+def test_stage2_acl_grad_measures_the_angle_against_ce_or_ce_plus_kd(cache, ref, monkeypatch):
+    """Eq. 4's angle is between g_ACL and g_CE: with stage2_grad_ref='ce' the logged angle of each
+    exit is that of the CE and aux gradients computed separately, not of CE + KD; the update still
+    follows (1 - lam) (CE + KD) + lam aux."""
+    from acllib.losses import angle_between
+    cfg = make_config("smoke", "mrpc", strategy="2st", dropout=0.0, precision="fp32", stage2_aux="acl-embed",
+                      stage2_kd=True, stage2_grad=True, lam=0.3, angle_threshold=180.0, stage2_grad_ref=ref)
+    assert cfg.stage2_grad_ref == ref
+    td, model = _setup(cfg)
+    layers = train.freeze_for_stage2(model)
+    feats = train.build_features(cfg, model, td, layers, progress=False)
+    groups = [list(model.exit(m).parameters()) for m in layers]
+    batch = feats["train"](list(range(12)))
+    loss = train.stage2_objective(cfg, model, layers, groups)(batch, 1)
+    assert (loss.ref is not None) == (ref == "ce")
+    stacks = list(loss.stacked.values())
+    ce = loss.ref if ref == "ce" else None
+    g_ref = torch.autograd.grad(ce if ce is not None else loss.main, stacks, retain_graph=True, allow_unused=True)
+    g_aux = torch.autograd.grad(loss.aux, stacks, retain_graph=True, allow_unused=True)
+    want = [angle_between([g[e] for g in g_ref if g is not None], [g[e] for g in g_aux if g is not None])
+            for e in range(len(layers))]
+    measured = train.backward(loss, [p for g in groups for p in g], True, 180.0, False)
+    assert [a for a, _ in measured] == pytest.approx(want, rel=1e-6)
