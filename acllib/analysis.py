@@ -50,6 +50,52 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
     return angles
 
 
+def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
+    """What a linear classifier can read from each layer of the fine-tuned model of `cfg` (a single
+    run) with its parameters fixed: scikit-learn's logistic regression, fit on the training split's
+    layer states ([CLS] or mean over tokens, standardised), scored on the dev split with the task's
+    headline metric. An independent reference for linear exits trained on the same frozen states.
+    Cached in data_cache/analysis/<hash>-probe.json."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    path = store.cache_dir("analysis") / f"{cfg.hash}-probe-{'-'.join(poolings)}.json"
+    if path.exists():
+        return store.read_json(path)["scores"]
+    model = runs.load_model(cfg)
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    split = next(iter(td.evals))
+
+    @torch.no_grad()
+    def states(data):  # {pooling: [layers, n, hidden]}
+        out = {p: np.zeros((model.num_layers, len(data), model.backbone.config.hidden_size), np.float32) for p in poolings}
+        for idx in gdata.length_grouped_batches(data.lengths, train.EVAL_BATCH, None):
+            batch = {k: v.to(train.device()) for k, v in gdata.collate(data, idx, td.pad_id).items()}
+            with train.autocast(cfg.precision):
+                hs = model.hidden_states(batch)
+            m = batch["attention_mask"][..., None].float()
+            for layer in range(1, model.num_layers + 1):
+                h = hs[layer].float()
+                if "cls" in out:
+                    out["cls"][layer - 1, idx] = h[:, 0].cpu().numpy()
+                if "mean" in out:
+                    out["mean"][layer - 1, idx] = ((h * m).sum(1) / m.sum(1)).cpu().numpy()
+        return out
+
+    x_train, x_dev = states(td.train), states(td.evals[split])
+    y_train, y_dev = td.train.labels.numpy(), td.evals[split].labels.numpy()
+    scores = []
+    for pooling in poolings:
+        for layer in range(1, model.num_layers + 1):
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            clf.fit(x_train[pooling][layer - 1], y_train)
+            pred = clf.predict(x_dev[pooling][layer - 1])
+            scores.append({"pooling": pooling, "layer": layer,
+                           "score": train.score(cfg.task, y_dev, pred)[gdata.get_task(cfg.task).metrics[0]]})
+    store.write_json(path, {"config": cfg.to_dict(), "scores": scores})
+    return scores
+
+
 def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) -> float:
     """FLOPs of one forward pass of one example of length `seq_len` up to exit `layer` (default:
     the model's last exit), counted by torch.utils.flop_counter (matmuls and attention)."""

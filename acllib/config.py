@@ -169,6 +169,28 @@ TABLE2_ROWS = {
     "- 2ST": dict(method="ce", stage2_kd=True, stage2_aux="none", stage2_grad=False),
 }
 
+# Table 3 (sec. 5.8): the two methods of the λ sweep, 2ST with λ (and its reading) in both stages
+TABLE3_METHODS = {"CE+SCL": dict(method="ce+scl", stage2_kd=True, stage2_aux="scl"), "ACL": TABLE2_ROWS["ACL"]}
+
+# Figures 3-5 (sec. 5.5): the multi-exit training methods, each one configuration. Linear exits are
+# PABEE's (pre-trained pooler); JT and ALT also with MHA exits, and 2ST-MHA also with KD (Table 2's
+# "- 2ST"), so that each comparison with ACL changes one thing.
+LAYER_CURVE_METHODS = {
+    "JT": dict(strategy="jt", exit="linear"),
+    "JT-MHA": dict(strategy="jt", exit="mha"),
+    "ALT": dict(strategy="alt", exit="linear"),
+    "ALT-MHA": dict(strategy="alt", exit="mha"),
+    "2ST-linear": dict(strategy="2st", method="ce", exit="linear"),
+    "2ST-MHA": dict(strategy="2st", method="ce", exit="mha"),
+    "2ST-MHA+KD": dict(strategy="2st", **TABLE2_ROWS["- 2ST"]),
+    "ACL": dict(strategy="2st", **TABLE2_ROWS["ACL"]),
+}
+# Stated variants of the linear exit, shown beside 2ST-linear (on the profile's variant seeds)
+LAYER_CURVE_VARIANTS = {
+    "2ST-linear ([CLS], no pooler)": dict(strategy="2st", method="ce", exit="linear-cls"),
+    "2ST-linear (mean pooling)": dict(strategy="2st", method="ce", exit="linear-mean"),
+}
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -195,8 +217,8 @@ PROFILES = {p.name: p for p in [
                  micro_batch_size=16, max_length=48, lr=1e-3, stage2_lr=1e-3, d_e=16, heads=2,
                  warmup_ratio=0.1),
             tasks=("rte", "mrpc"), seeds=(1, 2),
-            chapters={"pilot": dict(tasks=("rte",)), "table3": dict(tasks=("rte",)), "tsne": dict(tasks=("mrpc",)),
-                      "early_exit": dict(tasks=("rte",))}),
+            chapters={"pilot": dict(tasks=("rte", "mrpc")), "table3": dict(tasks=("rte",), convex_lambdas=(0.02, 1.0)), "tsne": dict(tasks=("mrpc",)),
+                      "early_exit": dict(tasks=("rte",)), "layer_variants": dict(seeds=(1,))}),
     Profile("cpu", "the embedded default: the packaged MiniLM (6 layers) on the GLUE tasks it learns within "
             "the budget, subsampled so that the whole book builds within 45 minutes on 2 CPU cores",
             dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=2, stage2_epochs=2, batch_size=32,
@@ -208,12 +230,13 @@ PROFILES = {p.name: p for p in [
             tasks=("sst2",), seeds=(1, 2, 3, 4, 5, 6, 7, 8),
             per_task={"sst2": dict(train_size=1500), "cola": dict(train_size=2400),
                       "rte": dict(train_size=300), "mrpc": dict(train_size=350)},
-            # The pilot keeps the paper's RTE and 5 seeds (its angles do not need a learned task);
-            # Table 3 and the t-SNE run on SST-2, the λ sweep on the paper's 5 seeds (its twelve
-            # fine-tunes per seed are half of the book's cost).
-            chapters={"pilot": dict(tasks=("rte",), seeds=(1, 2, 3, 4, 5), angle_batches=10),
-                      "table3": dict(tasks=("sst2",), seeds=(1, 2, 3, 4, 5)), "tsne": dict(tasks=("sst2",)),
-                      "early_exit": dict(tasks=("sst2",))}),
+            # The pilot runs on SST-2, where its models learn (they are Table 1's), with the paper's
+            # RTE as a second panel, on 5 seeds. Table 3 and the t-SNE run on SST-2; the λ sweep, the
+            # costliest chapter (two readings of λ), gives up seeds before the tables do. The layer
+            # curves' pooling variants (shown, not judged) run on 3 seeds.
+            chapters={"pilot": dict(tasks=("sst2", "rte"), seeds=(1, 2, 3, 4, 5), angle_batches=10),
+                      "table3": dict(tasks=("sst2",), seeds=(1, 2, 3, 4), convex_lambdas=(0.02, 0.5, 1.0)), "tsne": dict(tasks=("sst2",)),
+                      "early_exit": dict(tasks=("sst2",)), "layer_variants": dict(seeds=(1, 2, 3))}),
     Profile("paper", "the paper's setting (sec. 5.3): BERT-base, full GLUE, 15 epochs, 5 seeds; needs the hub and a GPU",
             dict(backbone="bert-base-uncased", lr=2e-5, stage2_lr=2e-5, epochs=15, stage2_epochs=15,
                  batch_size=None, updates_per_epoch=200, micro_batch_size=32, max_length=128),

@@ -6,11 +6,16 @@ import seaborn as sns
 
 # Figure 2 of the paper draws CE in blue and CE+SCL in orange; every other method keeps one colour too.
 _PALETTE = sns.color_palette("colorblind")
+_MORE = sns.color_palette("dark")
 METHOD_COLORS = {
     "CE": _PALETTE[0], "CE+SCL": _PALETTE[1], "ACL": _PALETTE[2], "ACL-Embed": _PALETTE[4],
-    "JT": _PALETTE[3], "2ST-linear": _PALETTE[7], "2ST-MHA": _PALETTE[5], "ALT": _PALETTE[6],
+    "JT": _PALETTE[3], "JT-MHA": _PALETTE[3], "ALT": _PALETTE[6], "ALT-MHA": _PALETTE[6],
+    "2ST-linear": _PALETTE[7], "2ST-MHA": _PALETTE[5], "2ST-MHA+KD": _MORE[9],
+    "2ST-linear ([CLS], no pooler)": _PALETTE[7], "2ST-linear (mean pooling)": _PALETTE[7],
     "ACL-CL": _PALETTE[2], "paper": (0.35, 0.35, 0.35),
 }
+# A method's MHA-exit twin keeps its colour and is dashed; everything else solid ("" = solid).
+METHOD_DASHES = {m: ((4, 2) if m.endswith("-MHA") and m not in ("2ST-MHA",) else "") for m in METHOD_COLORS}
 
 
 def setup() -> None:

@@ -42,6 +42,25 @@ def step_timer(cfg, model, batch):
     return step
 
 
+_OPTIMIZERS = {}
+
+
+def _train_step(cfg, model, batch) -> None:
+    """One CE update of `model` (its optimizer kept across calls), as train.fit makes it."""
+    if id(model) not in _OPTIMIZERS:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        _OPTIMIZERS[id(model)] = (train.make_optimizer(named, cfg.lr, cfg.weight_decay, 10 ** 6, 0.0)[0],
+                                  [p for _, p in named], train.full_objective(cfg, model))
+    opt, params, objective = _OPTIMIZERS[id(model)]
+    model.train()
+    with train.autocast(cfg.precision):
+        loss = objective(batch, 1)
+    train.backward(loss, params, False, cfg.angle_threshold, False)
+    train.clip_grad_norms_([params], train.MAX_GRAD_NORM)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def interleaved_medians(steps: dict, repeats: int, warmup: int = 2) -> dict:
     for fn in steps.values():
         for _ in range(warmup):
@@ -76,6 +95,33 @@ def main(argv=None) -> None:
     fixed = 1 - lengths.sum() / (base.max_length * len(lengths))
     print(f"padding_waste: {waste:.3f}")
     print(f"padding_waste_fixed_{base.max_length}: {fixed:.3f}")
+
+    # Batch composition: the cost of random training batches (the default since they decide who a
+    # contrastive loss contrasts), on the cpu profile's SST-2 subset: padding, and one epoch of CE
+    # steps per scheme (the same model and data; medians over --repeats interleaved epochs).
+    sst = make_config("cpu", "sst2", precision="bf16")
+    td_s = train.load_task_data(sst, tok)
+    len_s = td_s.train.lengths.numpy()
+    schemes = {"length_grouped": ("length-grouped", 1), "random_whole": ("random", 1),
+               "random_parts": ("random", sst.encoder_parts)}
+    rng = np.random.default_rng(0)
+    for name, (order, parts) in schemes.items():
+        batches = gdata.train_batches(len_s, sst.batch_size, rng, order)
+        pieces = [p for bt in batches for p in gdata.length_sorted_parts(len_s, bt, parts)]
+        print(f"padding_waste_sst2_{name}: {gdata.padding_share(len_s, pieces):.3f}")
+    model_s = train.build_model(sst, 2)
+    epoch_times = {k: [] for k in schemes}
+    for rep in range(args.repeats + 1):  # the first round warms up
+        for name, (order, parts) in schemes.items():
+            getter = train.BatchGetter(td_s.train, td_s.pad_id, parts)
+            t0 = time.perf_counter()
+            for idx in gdata.train_batches(len_s, sst.batch_size, np.random.default_rng(rep), order):
+                _train_step(sst, model_s, getter(idx))
+            if rep:
+                epoch_times[name].append(time.perf_counter() - t0)
+    epoch_med = {k: statistics.median(v) for k, v in epoch_times.items()}
+    for name, seconds in epoch_med.items():
+        print(f"sst2_ce_epoch_{name}_s: {seconds:.2f}")
 
     # One realistic batch: 32 examples around the median length.
     order = np.argsort(lengths)
@@ -165,6 +211,8 @@ def main(argv=None) -> None:
     if builds:
         print(f"peak_rss_gb: {max(b['peak_rss_gb'] for b in builds):.2f} (largest process of any recorded cpu build)")
 
+    print(f"random_batches_epoch_over_length_grouped: {epoch_med['random_parts'] / epoch_med['length_grouped']:.2f} "
+          f"(padded whole: {epoch_med['random_whole'] / epoch_med['length_grouped']:.2f})")
     print(f"bf16_vs_fp32: {med['ce_fp32'] / med['ce_bf16']:.2f}")
     if acc:
         print(f"bf16_minus_fp32_dev_accuracy: {acc[0]:+.2f} (sd {acc[1]:.2f} over {acc[2]} seeds, {args.accuracy_task})")

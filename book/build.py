@@ -36,6 +36,38 @@ def execute(name: str, profile: str, executed: Path) -> float:
     return time.perf_counter() - t0
 
 
+def day_speed(repeats: int = 5) -> float:
+    """Seconds per CE training step of the cpu profile's model on one median-length RTE batch of 32
+    (bench.py's ce_bf16_step_s, fewer repeats): this machine's speed varies by up to 2x between days,
+    so each build records it, and builds are compared by their minutes over it."""
+    import statistics
+    import numpy as np
+    import torch
+    from acllib import make_config, train
+    from acllib.models import load_tokenizer
+    cfg = make_config("cpu", "rte")
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    order = np.argsort(td.train.lengths.numpy())
+    batch = train.BatchGetter(td.train, td.pad_id)(order[len(order) // 2 - 16: len(order) // 2 + 16])
+    torch.manual_seed(0)
+    model = train.build_model(cfg, 2)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt, _ = train.make_optimizer(named, cfg.lr, cfg.weight_decay, 1000, 0.0)
+    objective = train.full_objective(cfg, model)
+    times = []
+    for i in range(repeats + 2):  # two warm-up steps
+        t0 = time.perf_counter()
+        model.train()
+        with train.autocast(cfg.precision):
+            loss = objective(batch, 1)
+        train.backward(loss, [p for _, p in named], False, 90.0, False)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="cpu")
@@ -51,6 +83,9 @@ def main(argv=None) -> int:
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     runs_dir = store.cache_dir("runs")
     runs_before = len(list(runs_dir.glob("*.json")))
+    speed = day_speed() if args.profile != "smoke" and args.only is None else None
+    if speed is not None:
+        print(f"day_speed: {speed:.3f} s per CE step (cpu profile, RTE batch of 32)", flush=True)
     t_start = time.perf_counter()
     for name in names:
         print(f"== {name} (profile {args.profile})", flush=True)
@@ -79,7 +114,9 @@ def main(argv=None) -> int:
               "whole_book": args.only is None and not args.no_build,  # what `make book` does
               "runs_before": runs_before, "runs_trained": runs_after - runs_before,
               "kind": "cold" if runs_before == 0 else ("warm" if runs_after == runs_before else "partial"),
-              "peak_rss_gb": round(peak_gb, 2), "commit": _commit()}
+              "peak_rss_gb": round(peak_gb, 2), "commit": _commit(),
+              "ce_step_s": None if speed is None else round(speed, 4),
+              "chapter_minutes": {n: round(timings[n]["seconds"] / 60, 2) for n in names if n in timings}}
     builds_path = store.cache_dir("book", args.profile) / "builds.json"
     builds = json.loads(builds_path.read_text()) if builds_path.exists() else []
     store.write_json(builds_path, builds + [record])

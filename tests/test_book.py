@@ -61,11 +61,16 @@ def test_chapter_shows_figures_tables_and_paper_numbers(built_book, name):
     elif name == "08_claims":  # every claim got a verdict from results: no chapter's results missing
         import pandas as pd
         from acllib import stats
+        from acllib import claims as claims_lib
         claims = pd.read_csv(built_book.parents[1] / "claims.csv")
-        assert len(claims) >= 17
-        assert claims.chapter.str.contains("early exiting").sum() == 2
-        assert set(claims.verdict) <= {stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE}
-        assert stats.INCONCLUSIVE in html
+        assert set(claims.id) == {c.id for c in claims_lib.book_claims()}  # every chapter's results were there
+        assert (claims.chapter == "07_early_exit").sum() == 2
+        allowed = {stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, stats.NOT_TESTABLE,
+                   claims_lib.UNDERPOWERED, claims_lib.DIDNT_LEARN}
+        assert set(claims.verdict) <= allowed and set(claims["verdict without correction"]) <= allowed
+        tested = claims[claims.verdict.isin([stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, claims_lib.UNDERPOWERED])]
+        assert (tested["p (Holm)"] >= tested["p"] - 1e-12).all()
+        assert "p (Holm)" in html and stats.NOT_TESTABLE in html
 
 
 @pytest.mark.parametrize("shift, verdict", [(5.0, "supported"), (-5.0, "contradicted")])
@@ -82,9 +87,13 @@ def test_claims_follow_the_results(built_book, cache, tmp_path, shift, verdict):
     t1 = pd.read_csv(path)
     ce = t1[t1.row == "CE"].set_index(["task", "seed"])["score"]
     is_acl = t1.row == "ACL"
-    t1.loc[is_acl, "score"] = [ce[(t, s)] + shift + 0.1 * i
+    t1.loc[is_acl, "score"] = [ce[(t, s)] + shift + 0.001 * i
                                for i, (t, s) in enumerate(zip(t1.task[is_acl], t1.seed[is_acl]))]
     t1.to_csv(path, index=False)
+    # the smoke profile's tiny random models do not clear the majority class: lower the floor, so
+    # that the test is about the verdict following the scores, not about the learned check
+    pd.DataFrame({"task": t1.task.unique(), "majority": -100.0}).to_csv(
+        copy / "book" / "smoke" / "03_layer_curves" / "majority.csv", index=False)
     old = os.environ.get("ACL_CACHE")
     os.environ["ACL_CACHE"] = str(copy)  # the kernel inherits it
     try:
@@ -92,5 +101,6 @@ def test_claims_follow_the_results(built_book, cache, tmp_path, shift, verdict):
                                    parameters={"profile": "smoke"}, kernel_name="acl-repro", progress_bar=False)
     finally:
         os.environ["ACL_CACHE"] = old if old is not None else str(cache)
-    claims = pd.read_csv(copy / "book" / "smoke" / "claims.csv").set_index("claim")
-    assert claims.loc["ACL beats CE in full fine-tuning", "verdict"] == getattr(stats, verdict.upper())
+    claims = pd.read_csv(copy / "book" / "smoke" / "claims.csv")
+    rows = claims[claims.id == "t1-beats-CE"]
+    assert len(rows) == 2 and (rows.verdict == getattr(stats, verdict.upper())).all()  # one row per task
