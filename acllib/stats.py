@@ -220,6 +220,8 @@ def min_equivalence_margin(sd: float, n: int, alpha: float = ALPHA, power: float
         return np.nan
     if sd == 0:
         return 0.0
+    if power >= 1:
+        return np.inf
     from scipy import optimize
     hi = sd
     while tost_power(sd, n, hi, alpha) < power:
@@ -344,6 +346,7 @@ def interaction_effect(table_a, table_b) -> dict:
     if np.shape(table_a) != np.shape(table_b):
         raise ValueError("both methods need the same seeds x levels table")
     data = pd.concat([_long(table_a, method=0), _long(table_b, method=1)], ignore_index=True)
-    row = AnovaRM(data, "y", "seed", within=["method", "level"]).fit().anova_table.loc["method:level"]
+    table = AnovaRM(data, "y", "seed", within=["method", "level"]).fit().anova_table
+    row = table.loc["method:level"]
     return {"F": float(row["F Value"]), "df_num": float(row["Num DF"]),
             "df_den": float(row["Den DF"]), "p": float(row["Pr > F"])}

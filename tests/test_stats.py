@@ -120,7 +120,8 @@ def test_min_detectable_effect_and_pairs_needed_against_noncentral_t():
     assert stats.pairs_needed(0.5, 1.0) == 34
     assert stats.pairs_needed(30.0, 1.0) == 2 and stats.pairs_needed(-0.5, 1.0) == 34
     assert stats.pairs_needed(0.0, 1.0) == math.inf and stats.pairs_needed(1.0, 0.0) == 2
-    assert math.isnan(stats.min_detectable_effect(1.0, 1)) and stats.min_detectable_effect(0.0, 5) == 0
+    assert math.isnan(stats.min_detectable_effect(1.0, 1))
+    assert stats.min_detectable_effect(0.0, 5) == 0
     one = stats.min_detectable_effect(1.0, 8, alternative="larger")
     df, c = 7, sps.t.ppf(0.95, 7)
     assert sps.nct.sf(c, df, one * math.sqrt(8)) == pytest.approx(0.8, abs=1e-6)
@@ -135,7 +136,8 @@ def _tost_rate(rng, sd, n, margin, true_diff=0.0, draws=4000):
 
 def test_tost_power_against_simulation():
     rng = np.random.default_rng(1)
-    for sd, n, margin, true_diff in [(1.0, 8, 1.2, 0.0), (1.0, 8, 0.9, 0.0), (1.0, 2, 8.0, 0.0), (2.0, 5, 3.0, 0.5)]:
+    cases = [(1.0, 8, 1.2, 0.0), (1.0, 8, 0.9, 0.0), (1.0, 2, 8.0, 0.0), (2.0, 5, 3.0, 0.5)]
+    for sd, n, margin, true_diff in cases:
         rate, d = _tost_rate(rng, sd, n, margin, true_diff)
         assert stats.tost_power(sd, n, margin, true_diff=true_diff) == pytest.approx(rate, abs=0.03)
     # the simulated rule is equivalence_test's: its p_equiv < 0.05 on the same draws
@@ -166,7 +168,8 @@ def _claims(d, kinds, margin):
             if kind == "difference":
                 row.append({"kind": kind, "diff": m[i, j], "p": p[i, j], "expected_sign": 1})
             elif kind == "equivalence":
-                row.append({"kind": kind, "p_equiv": p_equiv[i, j], "p_nonequiv": p_nonequiv[i, j]})
+                row.append({"kind": kind, "p_equiv": p_equiv[i, j],
+                            "p_nonequiv": p_nonequiv[i, j]})
             elif kind == "noninferiority":
                 row.append({"kind": kind, "p_support": sps.t.sf(tl[i, j], n - 1),
                             "p_contradict": sps.t.cdf(tl[i, j], n - 1)})
@@ -183,7 +186,8 @@ def test_vectorised_claims_match_the_tests():
     zero = np.zeros(8)
     assert row[0]["p"] == pytest.approx(stats.difference_test(d[0, 0], zero)["p"])
     eq = stats.equivalence_test(d[0, 1], zero, 0.7)
-    assert (row[1]["p_equiv"], row[1]["p_nonequiv"]) == pytest.approx((eq["p_equiv"], eq["p_nonequiv"]))
+    assert (row[1]["p_equiv"], row[1]["p_nonequiv"]) == pytest.approx(
+        (eq["p_equiv"], eq["p_nonequiv"]))
     ni = stats.noninferiority_test(d[0, 2], zero, 0.7)
     assert (row[2]["p_support"], row[2]["p_contradict"]) == pytest.approx(
         (ni["p_support"], ni["p_contradict"]))
@@ -262,7 +266,8 @@ def test_leave_one_out_stability_flips():
 
 def test_proportion_and_clustered_share_intervals():
     k, n, z = 3, 10, sps.norm.ppf(0.975)  # Wilson's interval by hand
-    centre, half = (k + z * z / 2) / (n + z * z), z / (n + z * z) * math.sqrt(k * (n - k) / n + z * z / 4)
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z / (n + z * z) * math.sqrt(k * (n - k) / n + z * z / 4)
     assert stats.proportion_interval(k, n) == pytest.approx((centre - half, centre + half))
     assert stats.proportion_interval(0, 10)[0] == pytest.approx(0.0)
     shares = [0.2, 0.4, 0.3]  # mean 0.3, sd 0.1
@@ -286,7 +291,8 @@ def test_repeated_measures_effect_hand_case():
     y = np.array([[70.0, 71.5, 73.0], [68.0, 70.5, 70.0], [72.0, 72.5, 75.5], [69.0, 71.0, 71.5]])
     r = stats.repeated_measures_effect(y)
     f, df1, df2, p, sd = _rm_hand(y)
-    assert (r["F"], r["df_num"], r["df_den"], r["p"], r["sd_within"]) == pytest.approx((f, df1, df2, p, sd))
+    got = (r["F"], r["df_num"], r["df_den"], r["p"], r["sd_within"])
+    assert got == pytest.approx((f, df1, df2, p, sd))
     assert r["range_of_means"] == pytest.approx(72.5 - 69.75)
 
 
