@@ -275,7 +275,7 @@ def _band_case(c: Claim, df: pd.DataFrame, task: str, lo: float, hi: float) -> C
 
     def estimate(keep):
         mean, l, h = stats.clustered_share_interval(share.loc[keep].values)
-        return f"{mean:.0%} of batches inside [{l:.0%}, {h:.0%}] (needs ≥ {c.margin:.0%})"
+        return f"{mean:.0%} of batches inside [{max(l, 0):.0%}, {min(h, 1):.0%}] (needs ≥ {c.margin:.0%})"
 
     return Case(c, task, seeds, test, estimate)
 
@@ -290,7 +290,7 @@ def _share_case(c: Claim, df: pd.DataFrame, task: str, target: float) -> Case:
 
     def estimate(keep):
         r = test(keep)
-        return f"{r['diff'] + target:.0%}, 90% [{r['lo90'] + target:.0%}, {r['hi90'] + target:.0%}]"
+        return f"{r['diff'] + target:.0%}, 90% [{max(r['lo90'] + target, 0):.0%}, {min(r['hi90'] + target, 1):.0%}]"
 
     s = share.values
     return Case(c, task, seeds, test, estimate, sd=float(s.std(ddof=1)) if len(s) > 1 else np.nan)

@@ -233,6 +233,8 @@ def min_equivalence_margin(sd: float, n: int, alpha: float = ALPHA, power: float
 def _claim_sides(test: dict) -> tuple[float, float]:
     kind = test["kind"]
     if kind == "difference":
+        if np.isnan(test["diff"]) or np.isnan(test["p"]):
+            return np.nan, np.nan  # no pairs to test
         side, p = int(np.sign(test["diff"])), test["p"]
         if side == test["expected_sign"]:
             return p, 1.0
@@ -329,7 +331,8 @@ def repeated_measures_effect(table) -> dict:
     additive seed + level model, range_of_means the spread of the level means."""
     from statsmodels.stats.anova import AnovaRM
     y = np.asarray(table, float)
-    row = AnovaRM(_long(y), "y", "seed", within=["level"]).fit().anova_table.loc["level"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # identical seeds: no residual, F is inf or nan
+        row = AnovaRM(_long(y), "y", "seed", within=["level"]).fit().anova_table.loc["level"]
     means = y.mean(axis=0)
     resid = y - y.mean(axis=1, keepdims=True) - means + y.mean()
     return {"F": float(row["F Value"]), "df_num": float(row["Num DF"]),
@@ -346,7 +349,8 @@ def interaction_effect(table_a, table_b) -> dict:
     if np.shape(table_a) != np.shape(table_b):
         raise ValueError("both methods need the same seeds x levels table")
     data = pd.concat([_long(table_a, method=0), _long(table_b, method=1)], ignore_index=True)
-    table = AnovaRM(data, "y", "seed", within=["method", "level"]).fit().anova_table
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = AnovaRM(data, "y", "seed", within=["method", "level"]).fit().anova_table
     row = table.loc["method:level"]
     return {"F": float(row["F Value"]), "df_num": float(row["Num DF"]),
             "df_den": float(row["Den DF"]), "p": float(row["Pr > F"])}
