@@ -34,7 +34,7 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
     params = [p for p in model.parameters() if p.requires_grad]
     last = model.exit_layers[-1]
     batch_size = train.update_batch_size(cfg, len(td.train))
-    # batches composed as in training (cfg.batches), from a stream of their own
+    # batches composed as in training (cfg.batches): the first batches of the run's own first epoch
     batches = gdata.train_batches(getter.lengths, min(batch_size, cfg.micro_batch_size),
                                   np.random.default_rng(cfg.seed), cfg.batches)[:max_batches]
     angles = []
@@ -55,7 +55,7 @@ def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
     run) with its parameters fixed: scikit-learn's logistic regression, fit on the training split's
     layer states ([CLS] or mean over tokens, standardised), scored on the dev split with the task's
     headline metric. An independent reference for linear exits trained on the same frozen states.
-    Cached in data_cache/analysis/<hash>-probe.json."""
+    Cached in data_cache/analysis/<hash>-probe-<poolings>.json."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

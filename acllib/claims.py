@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from . import paper, stats, store
 from .config import TABLE2_ROWS
@@ -107,7 +106,7 @@ def book_claims() -> list[Claim]:
                             "on most layers (Fig. 3-5)", a="ACL", b=base, source="layer_scores.csv", learned_check="exits"))
     claims.append(Claim("lc-mha", "MHA exits beat linear exits in 2ST (mean over exits)", "03_layer_curves", "difference",
                         "significantly (sec. 5.5)", a="2ST-MHA", b="2ST-linear", source="layer_scores.csv", learned_check="exits"))
-    claims.append(Claim("lc-shallow", "ACL-CL's gain over 2ST-MHA+KD is larger on the shallow half of the exits than on the deep half",
+    claims.append(Claim("lc-shallow", "ACL's gain over 2ST-MHA+KD is larger on the shallow half of the exits than on the deep half",
                         "03_layer_curves", "difference", "margins larger on shallow exits (sec. 5.5)", a="ACL", b="2ST-MHA+KD",
                         source="layer_scores.csv", learned_check="exits"))
     rows = list(TABLE2_ROWS)
@@ -243,18 +242,13 @@ def _variance_case(c: Claim, df: pd.DataFrame, task: str, majority: float) -> Ca
     seeds = sorted(set(df[df.method == c.a].seed) & set(df[df.method == c.b].seed))
     x, y = (df[df.method == m].set_index("seed")["score"] for m in (c.a, c.b))
 
-    def test(keep):
-        a, b = x.loc[keep].values, y.loc[keep].values
-        if len(keep) < 2 or a.var() == 0 or b.var() == 0:
-            return {"kind": "noninferiority", "p_support": np.nan, "p_contradict": np.nan, "diff": np.nan}
-        ratio = a.var(ddof=1) / b.var(ddof=1)
-        df1, df2 = len(a) - 1, len(b) - 1
-        return {"kind": "noninferiority", "diff": ratio, "p_support": float(sps.f.sf(ratio, df1, df2)),
-                "p_contradict": float(sps.f.cdf(ratio, df1, df2))}
+    def test(keep):  # runs of one seed share its batch order and initialisation: paired variances
+        r = stats.paired_variance_test(x.loc[keep].values, y.loc[keep].values)
+        return {"kind": "noninferiority", "diff": r["ratio"], **r}
 
     def estimate(keep):
         a, b = x.loc[keep].values, y.loc[keep].values
-        return f"std {a.std(ddof=1):.2f} vs {b.std(ddof=1):.2f} (variance ratio {test(keep)['diff']:.2f})"
+        return f"std {a.std(ddof=1):.2f} vs {b.std(ddof=1):.2f} (variance ratio {test(keep)['diff']:.2f}, Pitman-Morgan)"
 
     case = Case(c, task, seeds, test, estimate)
     means = {m: df[df.method == m]["score"].mean() for m in (c.a, c.b)}
@@ -270,8 +264,8 @@ def _band_case(c: Claim, df: pd.DataFrame, task: str, lo: float, hi: float) -> C
     seeds = sorted(share.index)
 
     def test(keep):
-        s = share.loc[keep].values
-        return {"kind": "noninferiority", **stats.noninferiority_test(s, np.full_like(s, c.margin), 0.0)}
+        s = share.loc[keep].values  # "at least margin": a share of exactly the margin counts (to rounding)
+        return {"kind": "noninferiority", **stats.noninferiority_test(s, np.full_like(s, c.margin - 1e-9), 0.0)}
 
     def estimate(keep):
         mean, l, h = stats.clustered_share_interval(share.loc[keep].values)
@@ -308,19 +302,21 @@ def _lambda_case(c: Claim, df: pd.DataFrame, task: str, majority: float) -> Case
     tables = {m: _lambda_tables(c, d, m) for m in {c.a, c.b} - {""}}
     seeds = sorted(set.intersection(*(set(t.dropna().index) for t in tables.values())))
 
+    def flat(t):
+        others = [lam for lam in t.columns if lam != 0.02]
+        if 0.02 not in t.columns or not others:
+            return {"kind": "equivalence", "p_equiv": np.nan, "p_nonequiv": np.nan, "worst": np.nan}
+        tests = [stats.equivalence_test(t[lam].values, t[0.02].values, LAMBDA_MARGIN) for lam in others]
+        return {"kind": "equivalence", "p_equiv": max(r["p_equiv"] for r in tests),  # intersection-union
+                "p_nonequiv": min(1.0, len(tests) * min(r["p_nonequiv"] for r in tests)),  # Bonferroni over λ
+                "worst": max(abs(r["diff"]) for r in tests)}
+
     def test(keep):
         if c.kind == "lambda-flat":
-            t = tables[c.a].loc[keep]
-            others = [lam for lam in t.columns if lam != 0.02]
-            if 0.02 not in t.columns or not others:
-                return {"kind": "equivalence", "p_equiv": np.nan, "p_nonequiv": np.nan}
-            tests = [stats.equivalence_test(t[lam].values, t[0.02].values, c.margin) for lam in others]
-            return {"kind": "equivalence", "p_equiv": max(r["p_equiv"] for r in tests),  # intersection-union
-                    "p_nonequiv": min(1.0, len(tests) * min(r["p_nonequiv"] for r in tests)),  # Bonferroni over λ
-                    "worst": max(abs(r["diff"]) for r in tests)}
-        if c.kind == "lambda-effect":
+            return flat(tables[c.a].loc[keep])
+        if c.kind == "lambda-effect":  # contradicted when every λ is shown within the margin of λ = 0.02
             r = stats.repeated_measures_effect(tables[c.a].loc[keep].values)
-            return {"kind": "noninferiority", "p_support": r["p"], "p_contradict": 1.0, **r}
+            return {"kind": "noninferiority", **r, "p_support": r["p"], "p_contradict": flat(tables[c.a].loc[keep])["p_equiv"]}
         a, b = tables[c.a].loc[keep].values, tables[c.b].loc[keep].values
         r = stats.interaction_effect(a, b)
         less = a.mean(0).var() < b.mean(0).var()  # ACL's λ means vary less than CE+SCL's
@@ -389,22 +385,22 @@ def _cases(profile: str, claims: list[Claim]) -> tuple[list[Case], list[dict]]:
     return cases, missing
 
 
-def _power(case: Case, n: int) -> dict:
+def _power(case: Case, n: int, level: float = ALPHA) -> dict:
     c = case.claim
     effect = c.paper_effect(case.task) if c.paper_effect else np.nan
     out = {"paper effect": effect, "detectable at 80% power": np.nan, "seeds for the paper's effect": np.nan}
     if np.isnan(case.sd) or n < 2:
         return out
     if c.kind == "difference":
-        out["detectable at 80% power"] = stats.min_detectable_effect(case.sd, n)
+        out["detectable at 80% power"] = stats.min_detectable_effect(case.sd, n, level)
         if not np.isnan(effect):
-            out["seeds for the paper's effect"] = stats.pairs_needed(effect, case.sd)
+            out["seeds for the paper's effect"] = stats.pairs_needed(effect, case.sd, level)
     elif c.kind == "equivalence":
-        out["detectable at 80% power"] = stats.min_equivalence_margin(case.sd, n)  # the smallest margin TOST could establish
+        out["detectable at 80% power"] = stats.min_equivalence_margin(case.sd, n, level)  # the smallest margin TOST could establish
     elif c.kind == "noninferiority":
-        out["detectable at 80% power"] = stats.min_detectable_effect(case.sd, n, alternative="larger")
+        out["detectable at 80% power"] = stats.min_detectable_effect(case.sd, n, level, alternative="larger")
         if not np.isnan(effect):
-            out["seeds for the paper's effect"] = stats.pairs_needed(effect + c.margin, case.sd, alternative="larger")
+            out["seeds for the paper's effect"] = stats.pairs_needed(effect + c.margin, case.sd, level, alternative="larger")
     return out
 
 
@@ -430,23 +426,27 @@ def judge(profile: str, claims: list[Claim] | None = None, alpha: float = ALPHA)
     cases, missing = _cases(profile, claims)
     tests = [case.test(case.seeds) if case.learned else {"kind": "not_testable"} for case in cases]
     verdicts = stats.family_verdicts(tests, alpha)
+    m = max(1, sum(not np.isnan(v["p"]) for v in verdicts))
     alone = [stats.family_verdicts([t], alpha)[0]["verdict"] for t in tests]  # each row at alpha, uncorrected
     rows = []
     for case, t, v, uncorrected in zip(cases, tests, verdicts, alone):
         c = case.claim
         verdict = v["verdict"]
-        power = _power(case, len(case.seeds))
+        # power at the row's Holm level (the family size for rows left out), as its verdict is taken
+        power = _power(case, len(case.seeds), alpha / (v["holm_multiplier"] if not np.isnan(v["holm_multiplier"]) else m))
         if c.kind != "not_testable" and not case.learned:
             verdict = DIDNT_LEARN
         elif verdict == stats.INCONCLUSIVE and _underpowered(case, power):
             verdict = UNDERPOWERED
         factor = v["holm_factor"]
 
-        def loso_judge(keep, factor=factor, case=case):
-            return stats.family_verdicts([case.test(keep)], alpha=alpha / (factor if factor and factor > 0 else 1.0))[0]["verdict"]
+        level = alpha / v["holm_multiplier"] if not np.isnan(v["holm_multiplier"]) else np.nan
+
+        def loso_judge(keep, level=level, case=case):  # the row's own Holm level, uncapped
+            return stats.family_verdicts([case.test(keep)], alpha=level)[0]["verdict"]
 
         stable = np.nan
-        if case.learned and c.kind != "not_testable" and len(case.seeds) >= 3 and not np.isnan(factor):
+        if case.learned and c.kind != "not_testable" and len(case.seeds) >= 3 and not np.isnan(level):
             full = loso_judge(case.seeds)
             stable = float(np.mean([loso_judge([s for s in case.seeds if s != drop]) == full for drop in case.seeds]))
         rows.append({

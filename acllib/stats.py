@@ -91,10 +91,12 @@ def equivalence_test(a, b, margin: float) -> dict:
         return {"diff": diff, "lo90": np.nan, "hi90": np.nan, "p_equiv": np.nan,
                 "p_nonequiv": np.nan, "sd": np.nan, "n": n}
     sd = float(d.std(ddof=1))
-    if sd == 0:
-        inside = abs(diff) < margin
+    if sd == 0:  # exactly on the margin (to rounding) shows neither side
+        edge = np.isclose(abs(diff), margin, rtol=0, atol=1e-9)
+        inside = abs(diff) < margin and not edge
+        outside = abs(diff) > margin and not edge
         return {"diff": diff, "lo90": diff, "hi90": diff, "p_equiv": 0.0 if inside else 1.0,
-                "p_nonequiv": 1.0 if inside else 0.0, "sd": 0.0, "n": n}
+                "p_nonequiv": 0.0 if outside else 1.0, "sd": 0.0, "n": n}
     from statsmodels.stats.weightstats import ttost_paired
     p_equiv = float(ttost_paired(np.asarray(a, float), np.asarray(b, float), -margin, margin)[0])
     se = sd / np.sqrt(n)
@@ -114,15 +116,42 @@ def noninferiority_test(a, b, margin: float) -> dict:
         return {"diff": diff, "lo90": np.nan, "hi90": np.nan, "p_support": np.nan,
                 "p_contradict": np.nan, "sd": np.nan, "n": n}
     sd = float(d.std(ddof=1))
-    if sd == 0:
-        above = diff > -margin
-        return {"diff": diff, "lo90": diff, "hi90": diff, "p_support": 0.0 if above else 1.0,
-                "p_contradict": 1.0 if above else 0.0, "sd": 0.0, "n": n}
+    if sd == 0:  # exactly on the margin (to rounding) shows neither side
+        edge = np.isclose(diff, -margin, rtol=0, atol=1e-9)
+        return {"diff": diff, "lo90": diff, "hi90": diff, "p_support": 0.0 if diff > -margin and not edge else 1.0,
+                "p_contradict": 0.0 if diff < -margin and not edge else 1.0, "sd": 0.0, "n": n}
     lo90, hi90 = _t_interval(diff, sd, n, 0.90)
     return {"diff": diff, "lo90": lo90, "hi90": hi90,
             "p_support": float(stats.ttest_1samp(d + margin, 0.0, alternative="greater").pvalue),
             "p_contradict": float(stats.ttest_1samp(d + margin, 0.0, alternative="less").pvalue),
             "sd": sd, "n": n}
+
+
+def paired_variance_test(a, b) -> dict:
+    """Whether var(a) > var(b) for paired samples (Pitman 1939, Morgan 1939): var(a) - var(b) =
+    cov(a + b, a - b), so the one-sided test of Pearson's r between a + b and a - b (scipy's
+    pearsonr) tests it; an F test would treat the samples as independent, and runs that share a
+    seed share its batch order and initialisation. p_support: var(a) > var(b); p_contradict: <."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = len(a)
+    if n < 3 or np.std(a + b) == 0 or np.std(a - b) == 0:
+        return {"ratio": np.nan, "r": np.nan, "p_support": np.nan, "p_contradict": np.nan, "n": n}
+    ratio = float(a.var(ddof=1) / b.var(ddof=1)) if b.var() > 0 else np.inf
+    r = stats.pearsonr(a + b, a - b)
+    return {"ratio": ratio, "r": float(r.statistic), "n": n,
+            "p_support": float(stats.pearsonr(a + b, a - b, alternative="greater").pvalue),
+            "p_contradict": float(stats.pearsonr(a + b, a - b, alternative="less").pvalue)}
+
+
+def holm_multipliers(pvalues) -> np.ndarray:
+    """Each p's Holm multiplier, m - k + 1 for the k-th smallest of m (NaN for NaN): the row is
+    rejected at level alpha when its p is below alpha / multiplier and every smaller p is too."""
+    p = np.asarray(pvalues, float).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    out[order] = np.arange(len(order), 0, -1)
+    return out
 
 
 def holm(pvalues) -> np.ndarray:
@@ -176,12 +205,18 @@ def pairs_needed(effect: float, sd: float, alpha: float = ALPHA, power: float = 
     reach = lambda m: tp.power(effect_size=effect / sd, nobs=m, alpha=alpha, alternative=alt)
     if reach(2) >= power:
         return 2.0
-    m = max(2, int(np.ceil(np.asarray(tp.solve_power(effect_size=effect / sd, nobs=None,
-                                                     alpha=alpha, power=power,
-                                                     alternative=alt)).item() - 1e-9)))
-    while reach(m) < power:  # guards the solver's tolerance at the ceiling
-        m += 1
-    return float(m)
+    # power grows with the pairs: double, then bisect (solve_power fails to converge, with a
+    # warning, for small effects at small alpha)
+    hi = 4
+    while reach(hi) < power:
+        hi *= 2
+        if hi > 10 ** 7:
+            return np.inf
+    lo = hi // 2  # reach(lo) < power <= reach(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reach(mid) >= power else (mid, hi)
+    return float(hi)
 
 
 def tost_power(sd: float, n: int, margin: float, alpha: float = ALPHA,
@@ -267,8 +302,9 @@ def family_verdicts(tests, alpha: float = ALPHA) -> list[dict]:
         ps.append(np.nan if np.isnan(s[0]) or np.isnan(s[1]) else min(s))
     ps = np.asarray(ps, float)
     adj = holm(ps)
+    mult = holm_multipliers(ps)
     out = []
-    for t, (p_s, p_c), p, p_adj in zip(tests, sides, ps, adj):
+    for t, (p_s, p_c), p, p_adj, k in zip(tests, sides, ps, adj, mult):
         if t["kind"] == "not_testable":
             v = NOT_TESTABLE
         elif p_adj < alpha and p_s < p_c:
@@ -279,6 +315,7 @@ def family_verdicts(tests, alpha: float = ALPHA) -> list[dict]:
             v = INCONCLUSIVE
         factor = float(p_adj / p) if p > 0 else np.nan  # nan and 0 give nan, without warnings
         out.append({"p": float(p), "p_adj": float(p_adj), "verdict": v, "holm_factor": factor,
+                    "holm_multiplier": float(k),
                     "p_support": float(p_s), "p_contradict": float(p_c)})
     return out
 

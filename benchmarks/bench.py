@@ -169,8 +169,9 @@ def main(argv=None) -> None:
         import tempfile
         from hf_trainer import compare
         for precision in ("fp32", "bf16"):
+            # like for like: the Trainer groups by length (mega-batches of 50), so ours does too here
             cfg_t = make_config("cpu", "rte", precision=precision, epochs=3, train_size=args.trainer_examples,
-                                dev_size=32)
+                                dev_size=32, batches="length-grouped", encoder_parts=1)
             td_t = train.load_task_data(cfg_t, tok)
             with tempfile.TemporaryDirectory() as workdir:
                 trainer[precision] = compare(cfg_t, td_t, tok, workdir)

@@ -313,3 +313,33 @@ def test_interaction_effect_hand_case():
     assert r["p"] == pytest.approx(sps.f.sf(f, 3, 12))
     # with two methods it is the level effect on their per-seed differences
     assert r["F"] == pytest.approx(stats.repeated_measures_effect(a - b)["F"])
+
+
+def test_holm_multipliers_and_family_verdicts_report_them():
+    m = stats.holm_multipliers([0.04, np.nan, 0.01, 0.03])
+    assert m[0] == 1 and np.isnan(m[1]) and m[2] == 3 and m[3] == 2
+    out = stats.family_verdicts([{"kind": "difference", "expected_sign": 1, "diff": 1.0, "p": p} for p in (0.5, 0.9)])
+    assert [o["holm_multiplier"] for o in out] == [2.0, 1.0]  # p_adj of 0.5 is capped at 1, its multiplier is 2
+
+
+def test_boundary_of_the_margin_shows_neither_side():
+    r = stats.noninferiority_test([0.9, 0.9, 0.9], [1.0, 1.0, 1.0], 0.1)  # exactly on -margin, sd 0
+    assert r["p_support"] == 1.0 and r["p_contradict"] == 1.0
+    r = stats.equivalence_test([1.1, 1.1], [1.0, 1.0], 0.1)
+    assert r["p_equiv"] == 1.0 and r["p_nonequiv"] == 1.0
+
+
+def test_paired_variance_test_by_simulation_and_hand():
+    # hand: a + b and a - b perfectly correlated when b is constant-shifted a scaled down
+    a = np.array([1.0, 2.0, 4.0, 7.0])
+    b = 0.5 * a
+    r = stats.paired_variance_test(a, b)
+    assert r["ratio"] == pytest.approx(4.0) and r["r"] == pytest.approx(1.0)
+    # null: equal variances, strongly correlated pairs; rejection rate at most alpha (+ MC error)
+    rng = np.random.default_rng(0)
+    reject = 0
+    for _ in range(2000):
+        z = rng.normal(size=8)
+        x, y = z + 0.5 * rng.normal(size=8), z + 0.5 * rng.normal(size=8)
+        reject += stats.paired_variance_test(x, y)["p_support"] < 0.05
+    assert reject / 2000 < 0.05 + 2 * np.sqrt(0.05 * 0.95 / 2000)

@@ -387,10 +387,11 @@ def test_clip_grad_norms_equals_clip_grad_norm_per_group():
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in groups[0]])) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_batch_in_length_sorted_parts_gives_the_padded_batchs_outputs(cache):
+@pytest.mark.parametrize("exit_kind", ["mha", "linear", "linear-mean"])
+def test_batch_in_length_sorted_parts_gives_the_padded_batchs_outputs(cache, exit_kind):
     """Running the encoder on length-sorted parts of a batch is the same function as one padded
     batch: every exit's representation and logits, example by example."""
-    cfg = make_config("smoke", "rte", strategy="jt", exit="mha", precision="fp32")
+    cfg = make_config("smoke", "rte", strategy="jt", exit=exit_kind, precision="fp32")
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     model = train.build_model(cfg, 2).eval()
     idx = np.random.default_rng(0).permutation(len(td.train))[:16]
