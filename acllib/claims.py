@@ -204,10 +204,12 @@ def _case_paired(c: Claim, df: pd.DataFrame, task: str) -> Case:
             return {"kind": "noninferiority", **stats.noninferiority_test(a, b, c.margin)}
         return {"kind": "equivalence", **stats.equivalence_test(a, b, c.margin)}
 
+    unit = "×" if "speed-up" in c.value else " pts"
+
     def estimate(keep):
         r = test(keep)
         if c.kind == "difference":
-            return _fmt_diff(r)
+            return _fmt_diff(r, unit)
         return f"{r['diff']:+.2f} pts, 90% [{r['lo90']:+.2f}, {r['hi90']:+.2f}] (margin {c.margin:g})"
 
     a, b = arrays(seeds)
