@@ -36,7 +36,8 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
     batch_size = train.update_batch_size(cfg, len(td.train))
     # batches composed as in training (cfg.batches): the first batches of the run's own first epoch
     batches = gdata.train_batches(getter.lengths, min(batch_size, cfg.micro_batch_size),
-                                  np.random.default_rng(cfg.seed), cfg.batches)[:max_batches]
+                                  np.random.default_rng(cfg.seed), cfg.batches,
+                                  cfg.batch_window)[:max_batches]
     angles = []
     for idx in tqdm(batches, desc=f"angles {cfg.task}/{cfg.method} seed {cfg.seed}", disable=not progress,
                     leave=False):

@@ -12,7 +12,7 @@ from .models import EXITS
 
 # Part of every run's hash: bump it when a code change alters what a config's run produces, so that
 # cached results made by the old code are not reused.
-RESULTS_VERSION = 5  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16); 5: random training batches, linear exits with the pre-trained pooler
+RESULTS_VERSION = 6  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16); 5: random training batches, linear exits with the pre-trained pooler; 6: length-windowed batches
 
 STRATEGIES = ("single", "direct", "2st", "jt", "alt")
 # Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)
@@ -62,8 +62,9 @@ class RunConfig:
     batch_size: int | None = 32        # examples per update; None: derived from updates_per_epoch
     updates_per_epoch: int | None = None
     micro_batch_size: int = 32         # examples per forward pass (gradient accumulation above it)
-    batches: str = "random"            # training batch composition: see data.train_batches
-    encoder_parts: int = 4             # length-sorted pieces of the forward pass (data.length_sorted_parts)
+    batches: str = "length-windowed"   # training batch composition: see data.train_batches
+    batch_window: int = 2              # batches per length-sorted window (length-windowed only)
+    encoder_parts: int = 1             # length-sorted pieces of the forward pass (data.length_sorted_parts)
     max_length: int = 128
     train_size: int | None = None      # seeded subsample of train (the same subset for every seed)
     dev_size: int | None = None
@@ -118,6 +119,8 @@ def _normalize(cfg: RunConfig) -> RunConfig:
         cfg = replace(cfg, updates_per_epoch=None)
     if cfg.strategy != "direct":
         cfg = replace(cfg, depth=None)
+    if cfg.batches != "length-windowed":
+        cfg = replace(cfg, batch_window=default.batch_window)
     if cfg.aux == "none" and cfg.stage2_aux == "none":  # (jt and alt are CE-only: validated)
         cfg = replace(cfg, tau=default.tau, lam=default.lam, aux_weighting=default.aux_weighting, log_angles=False)
     return cfg
@@ -134,6 +137,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.aux_weighting in AUX_WEIGHTINGS, f"unknown aux_weighting {cfg.aux_weighting!r}; choose one of {', '.join(AUX_WEIGHTINGS)}"),
         (cfg.stage2_grad_ref in STAGE2_GRAD_REFS, f"unknown stage2_grad_ref {cfg.stage2_grad_ref!r}; choose one of {', '.join(STAGE2_GRAD_REFS)}"),
         (cfg.batches in BATCH_ORDERS, f"unknown batches {cfg.batches!r}; choose one of {', '.join(BATCH_ORDERS)}"),
+        (cfg.batch_window >= 1, f"batch_window must be >= 1, got {cfg.batch_window!r}"),
         (cfg.encoder_parts >= 1, f"encoder_parts must be >= 1, got {cfg.encoder_parts!r}"),
         (0.0 <= cfg.lam <= 1.0, f"lam must lie in [0, 1], got {cfg.lam!r}"),
         (cfg.tau > 0, f"tau must be > 0, got {cfg.tau!r}"),

@@ -240,7 +240,7 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
         set_train_mode()
         t0 = time.perf_counter()
         losses = []
-        batches = gdata.train_batches(lengths, batch_size, rng, cfg.batches)
+        batches = gdata.train_batches(lengths, batch_size, rng, cfg.batches, cfg.batch_window)
         bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for idx in bar:
             chunks = [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]

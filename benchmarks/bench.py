@@ -103,10 +103,10 @@ def main(argv=None) -> None:
     td_s = train.load_task_data(sst, tok)
     len_s = td_s.train.lengths.numpy()
     schemes = {"length_grouped": ("length-grouped", 1), "random_whole": ("random", 1),
-               "random_parts": ("random", sst.encoder_parts)}
+               "random_parts4": ("random", 4), "length_windowed": ("length-windowed", 1)}
     rng = np.random.default_rng(0)
     for name, (order, parts) in schemes.items():
-        batches = gdata.train_batches(len_s, sst.batch_size, rng, order)
+        batches = gdata.train_batches(len_s, sst.batch_size, rng, order, sst.batch_window)
         pieces = [p for bt in batches for p in gdata.length_sorted_parts(len_s, bt, parts)]
         print(f"padding_waste_sst2_{name}: {gdata.padding_share(len_s, pieces):.3f}")
     model_s = train.build_model(sst, 2)
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
         for name, (order, parts) in schemes.items():
             getter = train.BatchGetter(td_s.train, td_s.pad_id, parts)
             t0 = time.perf_counter()
-            for idx in gdata.train_batches(len_s, sst.batch_size, np.random.default_rng(rep), order):
+            for idx in gdata.train_batches(len_s, sst.batch_size, np.random.default_rng(rep), order, sst.batch_window):
                 _train_step(sst, model_s, getter(idx))
             if rep:
                 epoch_times[name].append(time.perf_counter() - t0)
@@ -212,8 +212,9 @@ def main(argv=None) -> None:
     if builds:
         print(f"peak_rss_gb: {max(b['peak_rss_gb'] for b in builds):.2f} (largest process of any recorded cpu build)")
 
-    print(f"random_batches_epoch_over_length_grouped: {epoch_med['random_parts'] / epoch_med['length_grouped']:.2f} "
-          f"(padded whole: {epoch_med['random_whole'] / epoch_med['length_grouped']:.2f})")
+    lg = epoch_med["length_grouped"]
+    print(f"sst2_epoch_over_length_grouped: length-windowed (the default) {epoch_med['length_windowed'] / lg:.2f}, "
+          f"random {epoch_med['random_whole'] / lg:.2f}, random in 4 parts {epoch_med['random_parts4'] / lg:.2f}")
     print(f"bf16_vs_fp32: {med['ce_fp32'] / med['ce_bf16']:.2f}")
     if acc:
         print(f"bf16_minus_fp32_dev_accuracy: {acc[0]:+.2f} (sd {acc[1]:.2f} over {acc[2]} seeds, {args.accuracy_task})")

@@ -97,8 +97,9 @@ def _batch_mates(batches_per_epoch, n):
 def test_random_batches_mix_like_random_partitions_and_length_grouping_does_not(tok, cache):
     """Who shares a batch, over 20 epochs of SST-2's 1,500-example subset in batches of 32, against
     the random expectation: a pair shares a batch in one epoch with probability (b-1)/(n-1), so an
-    example meets (n-1)(1-(1-(b-1)/(n-1))^E) others on average. Length grouping in mega-batches of
-    50 (the old scheme: one mega-batch here) keeps nearly the same batches every epoch."""
+    example meets (n-1)(1-(1-(b-1)/(n-1))^E) others on average. Length-sorted windows of 2 batches
+    (the default) keep most of that mixing; length grouping in mega-batches of 50 (the old scheme:
+    one mega-batch here) keeps nearly the same batches every epoch."""
     enc = data.subsample(data.encode_split("sst2", "train", tok, max_length=128), 1500, seed=0)
     lengths, n, b, epochs = enc.lengths.numpy(), len(enc), 32, 20
     expected = (n - 1) * (1 - (1 - (b - 1) / (n - 1)) ** epochs)
@@ -110,11 +111,19 @@ def test_random_batches_mix_like_random_partitions_and_length_grouping_does_not(
             assert sorted(np.concatenate(batches).tolist()) == list(range(n))
         mates[order] = _batch_mates(per_epoch, n).mean()
     assert abs(mates["random"] / expected - 1) < 0.02
+    assert 0.8 * expected < mates["length-windowed"] < 0.95 * expected  # measured: 0.88
+    for order in data.BATCH_ORDERS:  # the library's figure (shown in the book) is this one
+        assert data.batch_mates_over_random(lengths, b, order) == pytest.approx(mates[order] / expected)
     assert mates["length-grouped"] < 0.4 * expected
     # different seeds give different first epochs
     a = data.train_batches(lengths, b, np.random.default_rng(1))
     c = data.train_batches(lengths, b, np.random.default_rng(2))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    # windows of 2 batches: each batch is the shorter or longer half of 2b random examples
+    w = data.train_batches(lengths, b, np.random.default_rng(3), "length-windowed", window=2)
+    assert data.padding_share(lengths, w) < data.padding_share(lengths, data.train_batches(lengths, b, np.random.default_rng(3), "random"))
+    with pytest.raises(ValueError, match="batch window must be >= 1 batch, got 0"):
+        data.train_batches(lengths, b, np.random.default_rng(0), "length-windowed", window=0)
     with pytest.raises(ValueError, match="unknown batch order 'sorted'"):
         data.train_batches(lengths, b, np.random.default_rng(0), "sorted")
 
@@ -122,7 +131,7 @@ def test_random_batches_mix_like_random_partitions_and_length_grouping_does_not(
 def test_length_sorted_parts_partition_the_batch_and_cut_padding(tok, cache):
     enc = data.subsample(data.encode_split("sst2", "train", tok, max_length=128), 1500, seed=0)
     lengths = enc.lengths.numpy()
-    batches = data.train_batches(lengths, 32, np.random.default_rng(0))
+    batches = data.train_batches(lengths, 32, np.random.default_rng(0), "random")
     pieces = [p for bt in batches for p in data.length_sorted_parts(lengths, bt, 4)]
     for bt in batches:
         parts = data.length_sorted_parts(lengths, bt, 4)

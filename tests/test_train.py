@@ -138,7 +138,7 @@ def test_stage2_freezes_backbone_and_last_exit(cache, aux, grad):
 
 
 def test_stage2_cached_and_live_features_agree(cache):
-    cfg = make_config("smoke", "mrpc", strategy="2st", precision="fp32")
+    cfg = make_config("smoke", "mrpc", strategy="2st", precision="fp32", encoder_parts=3)
     td, model = _setup(cfg)
     layers = train.freeze_for_stage2(model)
     cached = train.build_features(cfg, model, td, layers, progress=False, cached=True)["train"]
