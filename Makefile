@@ -31,8 +31,11 @@ notebook: setup
 	@test -n "$(NB)" || { echo "usage: make notebook NB=01_pilot_angles [PROFILE=cpu]"; exit 2; }
 	$(PY) book/build.py --profile $(PROFILE) --only $(NB) --no-build
 
+# Containers (and this project's machines) run as root, where JupyterLab refuses to start without
+# --allow-root. LAB_ARGS passes more, e.g. LAB_ARGS="--no-browser --port 8899".
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab notebooks --ip 127.0.0.1 $(LAB_ROOT) $(LAB_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench.py

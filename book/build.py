@@ -68,6 +68,21 @@ def day_speed(repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def vendor_mathjax(book: Path) -> None:
+    """Copy MathJax (2.7, from the jupyter-server-mathjax wheel) into the book's _static, so that
+    math renders without network: the default loads MathJax 3 from a CDN (_config.yml's mathjax_path
+    points here instead). Not under _static: scripts found there get loaded on every page."""
+    import shutil
+    import jupyter_server_mathjax
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target = book / "_vendor" / "mathjax"
+    if not (target / "MathJax.js").exists():
+        tmp = target.with_name("mathjax.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        tmp.rename(target)  # a copy cut short never passes as complete
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="cpu")
@@ -103,6 +118,7 @@ def main(argv=None) -> int:
             stale.unlink()
     code = 0
     if not args.no_build:
+        vendor_mathjax(book)
         jb = Path(sys.executable).with_name("jupyter-book")
         code = subprocess.call([str(jb), "build", str(book), "-W", "-n", "--keep-going"])
     minutes = (time.perf_counter() - t_start) / 60

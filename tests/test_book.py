@@ -105,3 +105,15 @@ def test_claims_follow_the_results(built_book, cache, tmp_path, shift, verdict):
     claims = pd.read_csv(copy / "book" / "smoke" / "claims.csv")
     rows = claims[claims.id == "t1-beats-CE"]
     assert len(rows) == 2 and (rows.verdict == getattr(stats, verdict.upper())).all()  # one row per task
+
+
+def test_math_is_served_from_the_build_not_a_cdn(built_book):
+    """MathJax loads from the built book's _static, so math renders offline."""
+    pages = {p: p.read_text() for p in built_book.glob("*.html")}
+    loading = [p for p, html in pages.items() if "MathJax.js" in html]
+    assert loading, "no page loads MathJax"
+    for p in loading:
+        src = re.search(r'<script[^>]+src="([^"]*MathJax\.js[^"]*)"', pages[p]).group(1)
+        assert not src.startswith(("http:", "https:", "//")), (p.name, src)
+        assert (p.parent / src.split("?")[0]).exists(), (p.name, src)
+    assert not any("cdn.jsdelivr.net/npm/mathjax" in html for html in pages.values())
