@@ -29,7 +29,7 @@ CHAPTERS = {  # notebook -> what its page must show
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory, cache):
     book = tmp_path_factory.mktemp("book") / "book"
-    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
+    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("_build", "executed", "_vendor"))
     env = {**os.environ, "ACL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke",
                            "--book-dir", str(book)], capture_output=True, text=True, env=env, timeout=1800)
