@@ -14,9 +14,30 @@ import time
 from pathlib import Path
 
 import papermill
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+
+
+class LocalIPCKernelManager(AsyncKernelManager):
+    """Kernels talk to papermill over Unix sockets in a private temporary folder instead of TCP
+    ports on localhost: nothing listens on the network, and ipykernel no longer warns in every
+    chapter that its TCP traffic is unencrypted."""
+
+    @default("transport")
+    def _transport_default(self):
+        return "ipc"
+
+    @default("ip")
+    def _ip_default(self):  # for ipc, the sockets' path prefix
+        import atexit
+        import shutil
+        import tempfile
+        folder = tempfile.mkdtemp(prefix="acl-kernel-")
+        atexit.register(shutil.rmtree, folder, True)
+        return str(Path(folder) / "kernel")
 
 
 def execute(name: str, profile: str, executed: Path) -> float:
@@ -28,7 +49,8 @@ def execute(name: str, profile: str, executed: Path) -> float:
     try:
         papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp), kernel_name="acl-repro",
                                    parameters={"profile": profile, "progress": False},
-                                   cwd=str(NOTEBOOKS), progress_bar=True)
+                                   cwd=str(NOTEBOOKS), progress_bar=True,
+                                   kernel_manager_class=LocalIPCKernelManager)
     except BaseException:
         print(f"notebook {name} failed; its partial output is in {tmp}", file=sys.stderr)
         raise

@@ -34,6 +34,7 @@ def built_book(tmp_path_factory, cache):
     proc = subprocess.run([sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke",
                            "--book-dir", str(book)], capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (book / "build.log").write_text(proc.stdout + proc.stderr)
     shutil.copy(cache / "book" / "smoke" / "claims.csv", book / "claims.csv")
     return book / "_build" / "html"
 
@@ -117,3 +118,11 @@ def test_math_is_served_from_the_build_not_a_cdn(built_book):
         assert not src.startswith(("http:", "https:", "//")), (p.name, src)
         assert (p.parent / src.split("?")[0]).exists(), (p.name, src)
     assert not any("cdn.jsdelivr.net/npm/mathjax" in html for html in pages.values())
+
+
+def test_the_build_log_carries_no_kernel_transport_noise(built_book):
+    """Kernels run over Unix sockets (book/build.py's LocalIPCKernelManager): ipykernel's warning
+    about unencrypted TCP, once per chapter before, is gone."""
+    log = (built_book.parents[1] / "build.log").read_text()
+    assert "== 01_pilot_angles" in log  # the log is the build's
+    assert "without encryption" not in log
