@@ -23,13 +23,21 @@ def setup() -> None:
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def caption(profile: str, backbone: str, seeds, extra: str = "") -> str:
-    """The line under every figure saying what produced it."""
+def caption(profile: str, backbone: str, seeds, extra: str = "", tasks=None) -> str:
+    """The caption under every figure and table saying what produced it: profile, backbone, seeds,
+    and for each of `tasks` its training examples and epochs (from the profile's configuration)."""
     text = f"Measured here: profile '{profile}', backbone '{backbone}', seeds {list(seeds)}"
+    if tasks:
+        from .config import make_config
+        def data(t):
+            cfg = make_config(profile, t)
+            size = f"{cfg.train_size:,}" if cfg.train_size else "all"
+            return f"{t.upper()}: {size} training examples, {cfg.epochs} epochs (stage 2 of 2ST: {cfg.stage2_epochs})"
+        text += "; " + "; ".join(data(t) for t in tasks)
     return text + (f"; {extra}" if extra else "")
 
 
-def add_caption(fig, text: str) -> None:
-    """Write the provenance line under a figure, below its axis labels (never over them)."""
-    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.75 / fig.get_figheight()))
-    fig.text(0.0, 0.0, text, fontsize=8, va="top")
+def show_caption(text: str) -> None:
+    """The one caption of the figure or table above it (call after plt.show() or display())."""
+    from IPython.display import Markdown, display
+    display(Markdown(f"*{text}*"))

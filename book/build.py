@@ -40,6 +40,26 @@ class LocalIPCKernelManager(AsyncKernelManager):
         return str(Path(folder) / "kernel")
 
 
+def fold_parameters(path: Path) -> None:
+    """Show a chapter's parameters once: the notebook's defaults cell and the cell papermill injects
+    after it are hidden in the book, and one line in their place gives the values this build used."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    tags = [set(c.get("metadata", {}).get("tags", [])) for c in nb.cells]
+    injected = [i for i, t in enumerate(tags) if "injected-parameters" in t]
+    if not injected:
+        return
+    values = [line for line in nb.cells[injected[0]].source.splitlines() if line.strip() and not line.startswith("#")]
+    for i, t in enumerate(tags):
+        if t & {"parameters", "injected-parameters"}:
+            nb.cells[i].metadata["tags"] = sorted(t | {"remove-cell"})
+    line = nbformat.v4.new_markdown_cell("**Parameters of this build:** " + ", ".join(f"`{v.strip()}`" for v in values)
+                                         + " (`papermill -p NAME VALUE` overrides any parameter of the notebook).")
+    line.metadata["tags"] = ["parameters-of-this-build"]
+    nb.cells.insert(injected[0] + 1, line)
+    nbformat.write(nb, path)
+
+
 def execute(name: str, profile: str, executed: Path) -> float:
     """Run one notebook; the executed copy replaces the old one only when the run succeeded."""
     executed.mkdir(exist_ok=True)
@@ -54,6 +74,7 @@ def execute(name: str, profile: str, executed: Path) -> float:
     except BaseException:
         print(f"notebook {name} failed; its partial output is in {tmp}", file=sys.stderr)
         raise
+    fold_parameters(tmp)
     os.replace(tmp, out)
     return time.perf_counter() - t0
 
