@@ -26,3 +26,16 @@ def table2(row: str) -> dict[str, float]:
         if r["row"] == row:
             return dict(zip(t["columns"], r["scores"]))
     raise KeyError(f"Table 2 has no row {row!r}")
+
+
+def label(section: str) -> str:
+    """How a quoted figure is labelled beside ours: with the paper's own task and backbone."""
+    d = numbers()[section]
+    return f"paper ({d['task'].upper()}, {d['backbone']}" + (f", exit {d['exit']})" if "exit" in d else ")")
+
+
+def same_setting(section: str, task: str, backbone: str, exit: int | None = None) -> bool:
+    """Whether our run is the paper's experiment of `section` (same task, backbone, exit), the only
+    case in which its number may be subtracted from ours."""
+    d = numbers()[section]
+    return d["task"] == task and d["backbone"] == backbone and d.get("exit", exit) == exit

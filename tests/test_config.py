@@ -130,3 +130,13 @@ def test_equal_runs_share_a_hash():
 def test_more_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_config("smoke", "rte", **kwargs)
+
+
+def test_paper_numbers_carry_their_setting_and_only_like_is_subtracted():
+    from acllib import paper
+    assert paper.label("tsne") == "paper (MRPC, roberta-base, exit 3)"  # sec. 5.7, Figure 6
+    assert paper.label("table3") == "paper (RTE, roberta-base)"       # sec. 5.8, appendix E
+    assert paper.same_setting("tsne", "mrpc", "roberta-base", 3)
+    assert not paper.same_setting("tsne", "sst2", "minilm", 3)
+    assert not paper.same_setting("tsne", "mrpc", "roberta-base", 2)
+    assert not paper.same_setting("table3", "rte", "minilm")
