@@ -4,16 +4,20 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-# Figure 2 of the paper draws CE in blue and CE+SCL in orange; every other method keeps one colour too.
+# Figure 2 of the paper draws CE in blue and CE+SCL in orange; every other method gets a colour of
+# its own, far from every other (tests/test_plotting.py), so no two methods look alike anywhere in
+# the book. Twins share their method's colour: JT-MHA and ALT-MHA are dashed, the linear-exit
+# variants are drawn only beside 2ST-linear, ACL-CL is ACL's exit.
 _PALETTE = sns.color_palette("colorblind")
 _MORE = sns.color_palette("dark")
 METHOD_COLORS = {
     "CE": _PALETTE[0], "CE+SCL": _PALETTE[1], "ACL": _PALETTE[2], "ACL-Embed": _PALETTE[4],
-    "JT": _PALETTE[3], "JT-MHA": _PALETTE[3], "ALT": _PALETTE[6], "ALT-MHA": _PALETTE[6],
-    "2ST-linear": _PALETTE[7], "2ST-MHA": _PALETTE[5], "2ST-MHA+KD": _MORE[9],
-    "2ST-linear ([CLS], no pooler)": _PALETTE[7], "2ST-linear (mean pooling)": _PALETTE[7],
-    "ACL-CL": _PALETTE[2], "paper": (0.35, 0.35, 0.35),
+    "JT": _MORE[3], "ALT": _MORE[6], "2ST-linear": _PALETTE[7], "2ST-MHA": _PALETTE[9],
+    "2ST-MHA+KD": _MORE[0], "paper": (0.2, 0.2, 0.2),
 }
+TWINS = {"JT-MHA": "JT", "ALT-MHA": "ALT", "2ST-linear ([CLS], no pooler)": "2ST-linear",
+         "2ST-linear (mean pooling)": "2ST-linear", "ACL-CL": "ACL"}
+METHOD_COLORS.update({twin: METHOD_COLORS[of] for twin, of in TWINS.items()})
 # A method's MHA-exit twin keeps its colour and is dashed; everything else solid ("" = solid).
 METHOD_DASHES = {m: ((4, 2) if m.endswith("-MHA") and m not in ("2ST-MHA",) else "") for m in METHOD_COLORS}
 

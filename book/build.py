@@ -19,6 +19,8 @@ from traitlets import default
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+# The landing page summarises the claims, so it runs after every chapter although it comes first.
+RUN_LAST = ("00_summary",)
 
 
 class LocalIPCKernelManager(AsyncKernelManager):
@@ -136,6 +138,7 @@ def main(argv=None) -> int:
     book = Path(args.book_dir).resolve()
     executed = book / "executed"
     names = args.only or sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    names.sort(key=lambda n: n in RUN_LAST)  # stable: the chapters keep their order
     from acllib import store  # timings live beside the chapters' results, per profile
     timings_path = store.cache_dir("book", args.profile) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}

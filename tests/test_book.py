@@ -11,6 +11,7 @@ from acllib import paper
 from acllib.store import REPO
 
 CHAPTERS = {  # notebook -> what its page must show
+    "00_summary": {"images": 0, "tables": 0, "paper": ["arXiv 2602.03563", "Scope of this build"], "caption": False},
     "01_pilot_angles": {"images": 2, "tables": 3, "paper": [paper.numbers()["pilot"]["ce"]["mean"],
                                                              paper.numbers()["pilot"]["ce+scl"]["mean"]]},
     "02_table1": {"images": 0, "tables": 2, "paper": [paper.table1("BERT", "ACL")["rte"],
@@ -126,3 +127,17 @@ def test_the_build_log_carries_no_kernel_transport_noise(built_book):
     log = (built_book.parents[1] / "build.log").read_text()
     assert "== 01_pilot_angles" in log  # the log is the build's
     assert "without encryption" not in log
+
+
+def test_landing_page_counts_are_the_claims_tables(built_book):
+    """The summary on the landing page is computed from the claims, not typed: its counts are
+    claims.csv's, and every decided row links to its chapter."""
+    import pandas as pd
+    from acllib import stats
+    claims = pd.read_csv(built_book.parents[1] / "claims.csv")
+    html = (built_book / "executed" / "00_summary.html").read_text()
+    for verdict, n in claims.verdict.value_counts().items():
+        assert f"{verdict}: {n}" in html
+    for chapter in claims[claims.verdict.isin([stats.SUPPORTED, stats.CONTRADICTED])].chapter.unique():
+        assert f'href="{chapter}.html"' in html
+    assert (built_book / "index.html").read_text().count("00_summary") >= 1  # the landing page

@@ -1,0 +1,22 @@
+"""One colour per method across the book: no two methods' colours are close."""
+import itertools
+
+import numpy as np
+
+from acllib import plotting
+from acllib.config import LAYER_CURVE_METHODS, METHODS
+
+
+def test_every_method_has_its_own_colour_far_from_the_others():
+    own = {m: c for m, c in plotting.METHOD_COLORS.items() if m not in plotting.TWINS}
+    for (a, ca), (b, cb) in itertools.combinations(own.items(), 2):
+        assert np.linalg.norm(np.subtract(ca, cb)) > 0.25, (a, b)  # RGB in [0, 1]
+    for twin, of in plotting.TWINS.items():
+        assert plotting.METHOD_COLORS[twin] == plotting.METHOD_COLORS[of]
+    assert set(LAYER_CURVE_METHODS) <= set(plotting.METHOD_COLORS)
+    assert {"CE", "CE+SCL", "ACL", "ACL-Embed"} <= set(plotting.METHOD_COLORS) and len(METHODS) == 4
+
+
+def test_mha_twins_are_dashed_and_the_rest_solid():
+    assert plotting.METHOD_DASHES["JT-MHA"] and plotting.METHOD_DASHES["ALT-MHA"]
+    assert not plotting.METHOD_DASHES["2ST-MHA"] and not plotting.METHOD_DASHES["JT"]
