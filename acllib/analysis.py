@@ -129,10 +129,21 @@ def cross_layer_average(result: dict) -> float:
 @torch.no_grad()
 def exit_representations(cfg: RunConfig, layer: int, split: str | None = None) -> dict:
     """Exit `layer`'s representations h^e of a dev split, with labels, predictions and the exit's
-    label embeddings (the rows of its classifier W), for the t-SNE of sec. 5.7."""
-    model = runs.load_model(cfg)
+    label embeddings (the rows of its classifier W), for the t-SNE of sec. 5.7. Cached beside the
+    run's results (safetensors), so a warm rebuild does not run the model again."""
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     split = split or next(iter(td.evals))
+    path = store.cache_dir("analysis", "exit_reps") / f"{cfg.hash}-exit{layer}-{split}.safetensors"
+    if path.exists():
+        t = {k: v.numpy() for k, v in store.load_tensors(path).items()}
+        return {**t, "score": train.score(cfg.task, t["labels"], t["preds"])}
+    out = _exit_representations(cfg, layer, td, split)
+    store.save_tensors(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items() if k != "score"})
+    return out
+
+
+def _exit_representations(cfg: RunConfig, layer: int, td, split: str) -> dict:
+    model = runs.load_model(cfg)
     data = td.evals[split]
     reps = torch.zeros(len(data), model.exit(layer).label_embeddings.shape[1])
     preds = torch.zeros(len(data), dtype=torch.long)
@@ -149,8 +160,18 @@ def exit_representations(cfg: RunConfig, layer: int, split: str | None = None) -
 
 
 def tsne_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
-    """t-SNE of l2-normalized points (the geometry the contrastive losses see)."""
+    """t-SNE of l2-normalized points (the geometry the contrastive losses see). Cached by the
+    points' bytes, the seed and scikit-learn's version: a warm rebuild does not recompute it."""
+    import hashlib
+    import sklearn
     from sklearn.manifold import TSNE
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    key = hashlib.sha256(points.tobytes() + repr((points.shape, seed, sklearn.__version__)).encode()).hexdigest()[:20]
+    path = store.cache_dir("analysis", "tsne") / f"{key}.safetensors"
+    if path.exists():
+        return store.load_tensors(path)["xy"].numpy()
     x = points / np.linalg.norm(points, axis=1, keepdims=True).clip(min=1e-12)
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    store.save_tensors(path, {"xy": torch.from_numpy(np.ascontiguousarray(xy))})
+    return xy
