@@ -42,6 +42,39 @@ class LocalIPCKernelManager(AsyncKernelManager):
         return str(Path(folder) / "kernel")
 
 
+class RunCounter:
+    """What a chapter is doing, in place of papermill's cell counter: the runs it has finished
+    (result files written to the cache) and the time per run, refreshed every few seconds."""
+
+    def __init__(self, chapter: str, every: float = 5.0):
+        import threading
+        from tqdm import tqdm
+        from acllib import store
+        self.runs = store.cache_dir("runs")
+        self.before = self._count()
+        self.bar = tqdm(desc=f"{chapter}: runs trained", unit="run", mininterval=every, dynamic_ncols=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, args=(every,), daemon=True)
+
+    def _count(self) -> int:
+        return sum(1 for _ in self.runs.glob("*.json"))
+
+    def _watch(self, every: float) -> None:
+        while not self.stop.wait(every):
+            self.bar.update(self._count() - self.before - self.bar.n)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.bar.update(self._count() - self.before - self.bar.n)
+        self.bar.close()
+        return False
+
+
 def fold_parameters(path: Path) -> None:
     """Show a chapter's parameters once: the notebook's defaults cell and the cell papermill injects
     after it are hidden in the book, and one line in their place gives the values this build used."""
@@ -69,10 +102,11 @@ def execute(name: str, profile: str, executed: Path) -> float:
     tmp = executed / f".{name}.partial.ipynb"
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp), kernel_name="acl-repro",
-                                   parameters={"profile": profile, "progress": False},
-                                   cwd=str(NOTEBOOKS), progress_bar=True,
-                                   kernel_manager_class=LocalIPCKernelManager)
+        with RunCounter(name):
+            papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp), kernel_name="acl-repro",
+                                       parameters={"profile": profile, "progress": False},
+                                       cwd=str(NOTEBOOKS), progress_bar=False,
+                                       kernel_manager_class=LocalIPCKernelManager)
     except BaseException:
         print(f"notebook {name} failed; its partial output is in {tmp}", file=sys.stderr)
         raise
