@@ -5,6 +5,7 @@ python book/build.py [--profile cpu] [--only NAME ...] [--no-build]
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import os
 import resource
@@ -84,7 +85,9 @@ def fold_parameters(path: Path) -> None:
     injected = [i for i, t in enumerate(tags) if "injected-parameters" in t]
     if not injected:
         return
-    values = [line for line in nb.cells[injected[0]].source.splitlines() if line.strip() and not line.startswith("#")]
+    defaults = "\n".join(c.source for c, t in zip(nb.cells, tags) if "parameters" in t)
+    values = [line for line in nb.cells[injected[0]].source.splitlines() if line.strip() and not line.startswith("#")
+              and re.search(rf"^{re.escape(line.split('=')[0].strip())}\s*=", defaults, re.M)]  # the notebook's own
     for i, t in enumerate(tags):
         if t & {"parameters", "injected-parameters"}:
             nb.cells[i].metadata["tags"] = sorted(t | {"remove-cell"})
