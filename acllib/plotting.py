@@ -34,7 +34,7 @@ def caption(profile: str, backbone: str, seeds, extra: str = "", tasks=None) -> 
     if tasks:
         from .config import make_config
         def data(t):
-            cfg = make_config(profile, t)
+            cfg = make_config(profile, t, strategy="2st")  # a 2st config keeps the stage-2 fields (others reset them)
             size = f"{cfg.train_size:,}" if cfg.train_size else "all"
             return f"{t.upper()}: {size} training examples, {cfg.epochs} epochs (stage 2 of 2ST: {cfg.stage2_epochs})"
         text += "; " + "; ".join(data(t) for t in tasks)

@@ -20,3 +20,11 @@ def test_every_method_has_its_own_colour_far_from_the_others():
 def test_mha_twins_are_dashed_and_the_rest_solid():
     assert plotting.METHOD_DASHES["JT-MHA"] and plotting.METHOD_DASHES["ALT-MHA"]
     assert not plotting.METHOD_DASHES["2ST-MHA"] and not plotting.METHOD_DASHES["JT"]
+
+
+def test_captions_name_each_tasks_data_and_schedule_from_the_profile():
+    text = plotting.caption("smoke", "tiny", [1, 2], "4 layers", tasks=["mrpc"])
+    # smoke profile: 48 training examples, 2 epochs in both stages (acllib/config.py)
+    assert text == ("Measured here: profile 'smoke', backbone 'tiny', seeds [1, 2]; "
+                    "MRPC: 48 training examples, 2 epochs (stage 2 of 2ST: 2); 4 layers")
+    assert "1,500 training examples" in plotting.caption("cpu", "minilm", [1], tasks=["sst2"])
