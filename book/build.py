@@ -151,9 +151,10 @@ def day_speed(repeats: int = 5) -> float:
 
 
 def vendor_mathjax(book: Path) -> None:
-    """Copy MathJax (2.7, from the jupyter-server-mathjax wheel) into the book's _static, so that
-    math renders without network: the default loads MathJax 3 from a CDN (_config.yml's mathjax_path
-    points here instead). Not under _static: scripts found there get loaded on every page."""
+    """Copy MathJax (2.7, from the jupyter-server-mathjax wheel) into book/_vendor, which the build
+    serves as is (html_extra_path), so that math renders without network: the default loads
+    MathJax 3 from a CDN (_config.yml's mathjax_path points here instead). Not into _static:
+    scripts found there get loaded on every page."""
     import shutil
     import jupyter_server_mathjax
     source = Path(jupyter_server_mathjax.__file__).parent / "static"

@@ -140,3 +140,5 @@ def test_paper_numbers_carry_their_setting_and_only_like_is_subtracted():
     assert not paper.same_setting("tsne", "sst2", "minilm", 3)
     assert not paper.same_setting("tsne", "mrpc", "roberta-base", 2)
     assert not paper.same_setting("table3", "rte", "minilm")
+    assert paper.numbers()["table2"]["backbone"] == "roberta-base"  # sec. 5.6
+    assert paper.numbers()["table1"]["backbones"] == {"BERT": "bert-base-uncased", "RoBERTa": "roberta-base"}
