@@ -240,10 +240,12 @@ PROFILES = {p.name: p for p in [
                       "rte": dict(train_size=300), "mrpc": dict(train_size=350)},
             # The pilot runs on SST-2, where its models learn (they are Table 1's), with the paper's
             # RTE as a second panel, on 5 seeds. Table 3 and the t-SNE run on SST-2; the λ sweep, the
-            # costliest chapter (two readings of λ), gives up seeds before the tables do. The layer
-            # curves' pooling variants (shown, not judged) run on 3 seeds.
+            # costliest chapter, gives up seeds before the tables do (2, as issue #10's budget rule
+            # says), and runs the convex reading only at λ = 1, the one point where it differs in kind
+            # (below 1 it is the additive reading at λ/(1-λ) with the loss scaled by 1-λ, which Adam's
+            # update all but ignores). The layer curves' pooling variants (shown, not judged) run on 3 seeds.
             chapters={"pilot": dict(tasks=("sst2", "rte"), seeds=(1, 2, 3, 4, 5), angle_batches=10),
-                      "table3": dict(tasks=("sst2",), seeds=(1, 2, 3), convex_lambdas=(0.02, 1.0)), "tsne": dict(tasks=("sst2",)),
+                      "table3": dict(tasks=("sst2",), seeds=(1, 2), convex_lambdas=(1.0,)), "tsne": dict(tasks=("sst2",)),
                       "early_exit": dict(tasks=("sst2",)), "layer_variants": dict(seeds=(1, 2, 3))}),
     Profile("paper", "the paper's setting (sec. 5.3): BERT-base, full GLUE, 15 epochs, 5 seeds; needs the hub and a GPU",
             dict(backbone="bert-base-uncased", lr=2e-5, stage2_lr=2e-5, epochs=15, stage2_epochs=15,
