@@ -358,8 +358,11 @@ def _cases(profile: str, claims: list[Claim]) -> tuple[list[Case], list[dict]]:
         if "task" not in df:  # the early-exit chapter runs on one task
             from .config import get_profile
             df["task"] = get_profile(profile).chapter("early_exit", "tasks")[0]
-        for task in sorted(df.task.unique()):
-            d = df[df.task == task]
+        # one case per task, or per (backbone, task) where a chapter ran several backbones (paper profile)
+        several = "backbone" in df and df.backbone.nunique() > 1
+        panels = sorted(set(zip(df.backbone, df.task))) if several else [(None, t) for t in sorted(df.task.unique())]
+        for backbone, task in panels:
+            d = df[(df.task == task) & ((df.backbone == backbone) if several else True)]
             names = [n for n in (c.a, c.b) if n] if c.kind not in ("band", "equivalence") or c.chapter != "01_pilot" else []
             if c.key in d and any(_rows(d, c.key, n).empty for n in names):
                 missing.append({"claim": c.text, "chapter": c.chapter, "task": task})
@@ -383,13 +386,15 @@ def _cases(profile: str, claims: list[Claim]) -> tuple[list[Case], list[dict]]:
                     if bad:
                         case.learned = False
                         case.learned_note = f"below majority ({majority:.1f}) + {stats.LEARNED_MARGIN:g}: " + ", ".join(bad)
+            if several:
+                case.task = f"{task} [{backbone}]"
             cases.append(case)
     return cases, missing
 
 
 def _power(case: Case, n: int, level: float = ALPHA) -> dict:
     c = case.claim
-    effect = c.paper_effect(case.task) if c.paper_effect else np.nan
+    effect = c.paper_effect(case.task.split(" [")[0]) if c.paper_effect else np.nan  # "rte [roberta-base]": rte
     out = {"paper effect": effect, "detectable at 80% power": np.nan, "seeds for the paper's effect": np.nan}
     if np.isnan(case.sd) or n < 2:
         return out

@@ -208,8 +208,9 @@ class Profile:
     tasks: tuple[str, ...]                    # what the notebooks cover by default
     seeds: tuple[int, ...]
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # A chapter's own defaults where they differ from the profile's: tasks, seeds, angle_batches
-    # (the pilot's fixed-model angles on that many training batches per model; None: all).
+    # A chapter's own defaults where they differ from the profile's: tasks, seeds, backbones,
+    # panels ({backbone: tasks}, the layer curves), angle_batches (the pilot's fixed-model angles on
+    # that many training batches per model; None: all).
     chapters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def chapter(self, name: str, key: str, default: Any = None) -> Any:
@@ -247,11 +248,30 @@ PROFILES = {p.name: p for p in [
             chapters={"pilot": dict(tasks=("sst2", "rte"), seeds=(1, 2, 3, 4, 5), angle_batches=10),
                       "table3": dict(tasks=("sst2",), seeds=(1, 2), convex_lambdas=(1.0,)), "tsne": dict(tasks=("sst2",)),
                       "early_exit": dict(tasks=("sst2",)), "layer_variants": dict(seeds=(1, 2, 3))}),
+    Profile("cpu-full", "MiniLM on the full training sets this machine has (CoLA, MRPC, RTE; SST-2 capped at 20,000 "
+            "examples), the cpu profile's schedule, 8 seeds: for a workstation or a cluster of CPUs, too long for one "
+            "2-core build (`python -m acllib plan --profile cpu-full` gives its cost)",
+            dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=2, stage2_epochs=2, batch_size=32,
+                 micro_batch_size=32, max_length=128, eval_each_epoch=False),
+            # QNLI and MNLI have no train split here, QQP no split at all. Full SST-2 (67,349) would be
+            # four fifths of the plan's FLOPs: capped, it is about half.
+            tasks=("cola", "mrpc", "rte", "sst2"), seeds=(1, 2, 3, 4, 5, 6, 7, 8),
+            per_task={"sst2": dict(train_size=20000)},
+            chapters={"pilot": dict(tasks=("rte", "sst2")), "table3": dict(tasks=("rte",), convex_lambdas=(1.0,)),
+                      "tsne": dict(tasks=("mrpc",)), "early_exit": dict(tasks=("mrpc",))}),
     Profile("paper", "the paper's setting (sec. 5.3): BERT-base, full GLUE, 15 epochs, 5 seeds; needs the hub and a GPU",
             dict(backbone="bert-base-uncased", lr=2e-5, stage2_lr=2e-5, epochs=15, stage2_epochs=15,
                  batch_size=None, updates_per_epoch=200, micro_batch_size=32, max_length=128),
             tasks=("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"), seeds=(1, 2, 3, 4, 5),
-            chapters={"pilot": dict(tasks=("rte",)), "table3": dict(tasks=("rte",)), "tsne": dict(tasks=("mrpc",)),
+            # The paper's backbone per figure and table: Table 1 both; Figs. 3-4, Tables 2-3 and the t-SNE
+            # RoBERTa; Fig. 5 (RTE, MRPC) BERT.
+            chapters={"pilot": dict(tasks=("rte",)),
+                      "table1": dict(backbones=("bert-base-uncased", "roberta-base")),
+                      "layer_curves": dict(panels={"roberta-base": ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"),
+                                                   "bert-base-uncased": ("rte", "mrpc")}),
+                      "table2": dict(tasks=("mrpc", "rte", "sst2"), backbones=("roberta-base",)),
+                      "table3": dict(tasks=("rte",), backbones=("roberta-base",)),
+                      "tsne": dict(tasks=("mrpc",), backbones=("roberta-base",)),
                       "early_exit": dict(tasks=("mrpc",))}),
 ]}
 

@@ -11,6 +11,7 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,8 +37,22 @@ def model_path(cfg: RunConfig) -> Path:
 
 
 def load_result(cfg: RunConfig) -> dict | None:
+    """The finished run's results, or None. A file that does not parse (cut short by something other
+    than our atomic writes, e.g. a copy) or that holds another config than its name's hash is
+    reported in one line and treated as missing, so the run is done again and the file replaced."""
     path = result_path(cfg)
-    return store.read_json(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        result = store.read_json(path)
+        ok = result.get("hash") == cfg.hash and RunConfig(**result["config"]).hash == cfg.hash
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        print(f"warning: {path} is not the complete result of run {cfg.hash} (unreadable, or another config); "
+              "it is ignored and the run will be done again", file=sys.stderr)
+        return None
+    return result
 
 
 def _git_commit() -> str:
@@ -95,8 +110,21 @@ def _result(cfg: RunConfig, log: train.FitLog, td: train.TaskData, model, final:
     }
 
 
+def note_requested(cfgs) -> None:
+    """Append the hashes of the runs asked for (2st ones with their stage 1) to the file named by
+    $ACL_RUN_LEDGER, which book/build.py sets per chapter: the book's runs can then be held against
+    acllib.plan's (tests/test_book.py). A log of requests, never read as results."""
+    path = os.environ.get("ACL_RUN_LEDGER")
+    if not path:
+        return
+    lines = [h for c in cfgs for h in ((c.stage1().hash,) if c.strategy == "2st" else ()) + (c.hash,)]
+    with open(path, "a") as f:
+        f.write("".join(h + "\n" for h in lines))
+
+
 def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
     """The results of `cfg`, from the cache or by running it (and, for 2st, its stage 1)."""
+    note_requested([cfg])
     if not force:
         cached = load_result(cfg)
         if cached is not None:
@@ -188,6 +216,7 @@ def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = Fa
 def run_many(cfgs: list[RunConfig], progress: bool = True) -> list[dict]:
     """Run (or load) many configs; 2st runs are grouped by their stage 1 so it is shared."""
     from tqdm import tqdm
+    note_requested(cfgs)
     results: dict[str, dict] = {}
     groups: dict[str, list[RunConfig]] = {}
     for cfg in cfgs:

@@ -23,7 +23,7 @@ CHAPTERS = {  # notebook -> what its page must show
     "07_early_exit": {"images": 1, "tables": 2, "paper": []},
     "08_claims": {"images": 0, "tables": 1, "paper": ["75°–105°", paper.numbers()["tsne"]["acl"]], "caption": False},
     "09_differences": {"images": 0, "tables": 2, "paper": ["bert-base-uncased, roberta-base"], "caption": False},
-    "10_provenance": {"images": 0, "tables": 3, "paper": [], "caption": False},
+    "10_provenance": {"images": 0, "tables": 4, "paper": [], "caption": False},
 }
 
 
@@ -145,3 +145,16 @@ def test_landing_page_counts_are_the_claims_tables(built_book):
     for chapter in claims[claims.verdict.isin([stats.SUPPORTED, stats.CONTRADICTED])].chapter.unique():
         assert any(link.startswith(chapter) for link in links), chapter
     assert (built_book / "index.html").read_text().count("00_summary") >= 1  # the landing page
+
+
+def test_the_book_runs_exactly_the_plan(built_book, cache):
+    """Each chapter asks for exactly the runs acllib.plan defines for it (book/build.py has
+    acllib.runs log every run asked for, per chapter), and the chapters without runs ask for none."""
+    from acllib import plan
+    ledger = cache / "book" / "smoke" / "ledger"
+    for name, chapter in plan.CHAPTERS.items():
+        asked = set((ledger / f"{name}.txt").read_text().split())
+        planned = {c.hash for c in plan.with_stage1(chapter("smoke").configs())}
+        assert asked == planned, f"{name}: {len(asked - planned)} runs outside the plan, {len(planned - asked)} planned but not asked for"
+    for name in set(CHAPTERS) - set(plan.CHAPTERS):
+        assert (ledger / f"{name}.txt").read_text() == "", name

@@ -12,7 +12,7 @@ from acllib.store import REPO
 @pytest.mark.parametrize("kwargs,message", [
     (dict(task="qqqq"), "unknown task 'qqqq'; choose one of cola, sst2, mrpc, qqp, qnli, rte, mnli"),
     (dict(method="acl++"), "unknown method 'acl\\+\\+'; choose one of ce, ce\\+scl, acl-embed, acl"),
-    (dict(profile="gpu"), "unknown profile 'gpu'; choose one of smoke, cpu, paper"),
+    (dict(profile="gpu"), "unknown profile 'gpu'; choose one of smoke, cpu, cpu-full, paper"),
     (dict(exit="conv"), "unknown exit 'conv'; choose one of mha, linear"),
     (dict(strategy="ee"), "unknown strategy 'ee'"),
     (dict(stage2_aux="kd"), "unknown stage2_aux 'kd'"),

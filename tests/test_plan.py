@@ -1,0 +1,70 @@
+"""The book's runs are defined once (acllib.plan): their shape per profile, their deduplication,
+and `python -m acllib plan`. tests/test_book.py holds the smoke book's runs against this plan."""
+import pytest
+
+from acllib import plan
+from acllib.__main__ import main
+from acllib.config import LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS
+
+
+def test_chapters_runs_at_smoke():
+    p = plan.table1("smoke")
+    assert len(p.runs) == 5 * len(p.tasks) * len(p.seeds)
+    lc = plan.layer_curves("smoke")
+    assert len(lc.part("curve")) == len(LAYER_CURVE_METHODS) * len(lc.panels) * len(lc.seeds)
+    assert len(lc.part("variant")) == len(LAYER_CURVE_VARIANTS) * len(lc.extra["variant_seeds"])
+    t2 = plan.table2("smoke")
+    assert len(t2.part("row")) == len(TABLE2_ROWS) * len(t2.tasks) * len(t2.seeds)
+    t3 = plan.table3("smoke", lambdas=[0.1, 1], convex_lambdas=[1])
+    assert t3.extra["readings"] == {"additive": [0.1, 1.0], "convex": [1.0]}
+    assert {k[0] for k in t3.part("sweep")} == {"additive", "convex"}
+
+
+def test_a_run_many_chapters_share_counts_once():
+    whole = plan.book_plan("smoke")
+    hashes = [c.hash for cfgs in whole.values() for c in cfgs]
+    assert len(hashes) == len(set(hashes))
+    every = {c.hash for f in plan.CHAPTERS.values() for c in plan.with_stage1(f("smoke").configs())}
+    assert set(hashes) == every
+    # the early-exit chapter reuses the layer curves' models: it adds no run of its own
+    assert whole["07_early_exit"] == []
+    # a 2st run's stage 1 is planned before it
+    for cfgs in whole.values():
+        seen = set()
+        for c in cfgs:
+            if c.strategy == "2st":
+                assert c.stage1().hash in seen or any(c.stage1().hash in {x.hash for x in o} for o in whole.values())
+            seen.add(c.hash)
+
+
+def test_paper_profile_runs_the_papers_backbones_where_the_paper_does():
+    t1 = plan.table1("paper")
+    assert t1.backbones == ["bert-base-uncased", "roberta-base"]
+    assert {c.backbone for c in t1.configs()} == set(t1.backbones)
+    lc = plan.layer_curves("paper")
+    assert sorted(t for b, t in lc.panels if b == "roberta-base") == sorted(["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"])
+    assert sorted(t for b, t in lc.panels if b == "bert-base-uncased") == ["mrpc", "rte"]
+    for f in (plan.table2, plan.table3, plan.tsne):
+        assert {c.backbone for c in f("paper").configs()} == {"roberta-base"}
+    assert plan.table3("paper").tasks == ["rte"] and plan.tsne("paper").tasks == ["mrpc"]
+    assert {c.backbone for c in plan.early_exit("paper").configs()} == {"bert-base-uncased"}
+    with pytest.raises(ValueError, match="draws one backbone"):
+        plan.table2("paper", backbones=["bert-base-uncased", "roberta-base"])
+
+
+def test_plan_command_prices_the_smoke_book(cache, capsys):
+    assert main(["plan", "--profile", "smoke", "--step-seconds", "0.5", "--runs"]) == 0
+    out = capsys.readouterr().out
+    n = sum(len(c) for c in plan.book_plan("smoke").values())
+    total = next(line for line in out.splitlines() if line.strip().startswith("total"))
+    assert f" {n} " in f" {total} "
+    import re
+    assert len(re.findall(r"  [0-9a-f]{16}  (?:done|to run)  ", out)) == n
+    assert "GPU-hours: V100-16GB" in out and "assumed 30% utilisation" in out
+
+
+def test_plan_command_names_bad_input(cache, capsys):
+    assert main(["plan", "--profile", "smoke", "--step-seconds", "0.5", "--gpu-utilisation", "2"]) == 2
+    assert "--gpu-utilisation must lie in (0, 1], got 2.0" in capsys.readouterr().err
+    assert main(["plan", "--profile", "smoke", "--chapters", "99"]) == 2
+    assert "unknown chapter '99'" in capsys.readouterr().err
