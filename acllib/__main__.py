@@ -30,6 +30,63 @@ def _print_result(result: dict) -> None:
           f"total {result['total_seconds']:.1f} s")
 
 
+def _plan(args) -> int:
+    import pandas as pd
+    from . import cost, plan
+    from .runs import load_result
+    try:
+        if not 0 < args.gpu_utilisation <= 1:
+            raise ValueError(f"--gpu-utilisation must lie in (0, 1], got {args.gpu_utilisation!r}")
+        if args.gpu not in cost.GPUS:
+            raise ValueError(f"unknown GPU {args.gpu!r}; choose one of {', '.join(cost.GPUS)}")
+        plan.chapter_names(args.chapters)  # fails early on an unknown chapter
+        flops_per_s, how = cost.machine_flops_per_s(args.step_seconds)
+        table, notes = plan.cost_table(args.profile, args.chapters, flops_per_s, args.gpu, args.gpu_utilisation)
+    except (ValueError, OSError, RuntimeError) as err:
+        print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)
+        return 2
+    print(f"plan of profile {args.profile!r}: every run once, under the first chapter that needs it")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:,.3g}"))
+    print(f"this machine: {flops_per_s / 1e12:.2f} TFLOP/s of training, from {how}")
+    if notes["calibration_runs"]:
+        print(f"hours here include an overhead of x{notes['overhead']:.2f}: the median of measured over FLOP-predicted "
+              f"training time of the {notes['calibration_runs']} planned full fine-tunes already in the cache")
+    else:
+        print("hours here: FLOPs over that throughput alone (no planned run is in the cache to calibrate the overhead)")
+    print(f"GPU-hours: {notes['gpu']}")
+    print("token counts: " + "; ".join(notes["tokens"]))
+    if args.runs:
+        for name, cfgs in plan.book_plan(args.profile, args.chapters).items():
+            for c in cfgs:
+                print(f"{name}  {c.hash}  {'done' if load_result(c) else 'to run'}  {c.backbone} {c.task} "
+                      f"{c.strategy}/{c.method} exit={c.exit} seed={c.seed}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from . import plan
+    from .config import get_profile
+    try:
+        get_profile(args.profile)
+        plan.chapter_names(args.chapters)
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        from .sweep import sweep
+        counts = sweep(args.profile, args.chapters, args.address, args.threads, args.workers, progress=not args.quiet)
+    except (ValueError, OSError, RuntimeError, ConnectionError) as err:
+        print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sweep interrupted: every finished run is in the cache", file=sys.stderr)
+        return 130
+    print(f"sweep of profile {args.profile!r}: {counts['planned_missing']} runs missing; trained {counts['trained']}, "
+          f"skipped {counts['skipped']} (held by another sweep), failed {counts['failed']}")
+    return 1 if counts["failed"] else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m acllib")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,7 +101,29 @@ def main(argv=None) -> int:
     p_run.add_argument("--force", action="store_true", help="run again even if cached")
     p_run.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("profiles", help="list the profiles")
+    p_plan = sub.add_parser("plan", help="list and price every run of the book at a profile (nothing runs)")
+    p_plan.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+    p_plan.add_argument("--chapters", nargs="*", default=None, help="chapter names or numbers (default: all)")
+    p_plan.add_argument("--step-seconds", type=float, default=None,
+                        help="this machine's CE step (a build record's ce_step_s) instead of timing one now")
+    p_plan.add_argument("--gpu", default="V100-16GB")
+    p_plan.add_argument("--gpu-utilisation", type=float, default=0.3,
+                        help="the share of the GPU's peak that training sustains (an assumption; default 0.3)")
+    p_plan.add_argument("--runs", action="store_true", help="also list every run")
+    p_sweep = sub.add_parser("sweep", help="run the plan's missing runs on a Ray cluster")
+    p_sweep.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+    p_sweep.add_argument("--chapters", nargs="*", default=None, help="chapter names or numbers (default: all)")
+    p_sweep.add_argument("--address", default="local",
+                         help="local (start Ray here, stop it after), auto, or HOST:PORT of a running cluster")
+    p_sweep.add_argument("--threads", type=int, default=1, help="CPU threads per run where the cluster has no GPU")
+    p_sweep.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    p_sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+
+    if args.command == "plan":
+        return _plan(args)
+    if args.command == "sweep":
+        return _sweep(args)
 
     if args.command == "profiles":
         for p in PROFILES.values():

@@ -109,7 +109,9 @@ def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) 
     batch = {"input_ids": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),
              "attention_mask": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),
              "token_type_ids": torch.zeros(1, seq_len, dtype=torch.long, device=train.device())}
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    # the math backend: torch's counter has no entry for the fused CPU attention kernel (it would count 0)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         hs = model.hidden_states(batch)
         model.run_exits(hs, batch["attention_mask"], [layer])
     return float(counter.get_total_flops())

@@ -1,0 +1,197 @@
+"""What runs cost before they run: FLOPs from the model's shape and the tasks' token counts, hours on
+this machine from a measured training step, GPU-hours on a named GPU from its datasheet.
+
+FLOPs count multiply-adds as 2, as torch.utils.flop_counter does (tests/test_cost.py checks the
+forward count against it). A training step is taken as 3 forward passes (forward + a backward of
+twice its cost); ACL-Grad and logged angles take the CE and auxiliary gradients apart, 5.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from . import data as gdata
+from .config import RunConfig, make_config
+
+# GLUE training-set sizes (the GLUE paper's Table 1; the hub's nyu-mll/glue), for tasks whose train
+# split is not on this machine.
+GLUE_TRAIN_SIZE = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "qqp": 363846, "mnli": 392702,
+                   "qnli": 104743, "rte": 2490}
+# Datasheet peaks (NVIDIA V100 PCIe 16 GB, the paper's GPU: 14 TFLOP/s FP32, 112 TFLOP/s tensor-core
+# mixed precision). Sustained training reaches a fraction of the peak: `gpu_utilisation` is that
+# fraction, an assumption the plan prints beside its GPU-hours.
+GPUS = {"V100-16GB": dict(fp32=14e12, mixed=112e12, source="NVIDIA V100 PCIe datasheet")}
+
+
+def arch(backbone: str) -> dict:
+    from .models import backbone_arch
+    return backbone_arch(backbone)
+
+
+def layer_flops(hidden: int, intermediate: int, seq_len: int) -> float:
+    """One transformer layer on one example of seq_len tokens: Q, K, V, O projections (4 h^2 per
+    token), the feed-forward block (2 h i), the attention scores and weighted sum (2 L h)."""
+    return 2.0 * seq_len * (4 * hidden * hidden + 2 * hidden * intermediate + 2 * seq_len * hidden)
+
+
+def exit_flops(kind: str, hidden: int, seq_len: int, num_labels: int, d_e: int = 64) -> float:
+    """One exit on one example, as our modules compute it (MHAExit through nn.MultiheadAttention
+    with [CLS] as the only query; LinearExit on one pooled vector)."""
+    if kind == "mha":
+        return 2.0 * (seq_len * hidden * d_e            # down-projection of every token
+                      + d_e * d_e + 2 * seq_len * d_e * d_e  # q for [CLS]; k, v for every token
+                      + 2 * seq_len * d_e                 # scores and weighted sum
+                      + d_e * d_e + d_e * num_labels)     # out-projection, classifier
+    pooler = hidden * hidden if kind == "linear" else 0
+    return 2.0 * (pooler + hidden * num_labels)
+
+
+def forward_flops(backbone: str, seq_len: int, layers: int | None = None, exit_kind: str = "mha",
+                  exits: int = 1, num_labels: int = 2, d_e: int = 64) -> float:
+    """Backbone layers 1..layers (default: all) and `exits` exits, one example of seq_len tokens."""
+    a = arch(backbone)
+    n = a["num_hidden_layers"] if layers is None else layers
+    return (n * layer_flops(a["hidden_size"], a["intermediate_size"], seq_len)
+            + exits * exit_flops(exit_kind, a["hidden_size"], seq_len, num_labels, d_e))
+
+
+@dataclass(frozen=True)
+class TaskTokens:
+    n_train: int
+    n_eval: int
+    mean_len: float        # tokens per training example
+    mean_len2: float       # mean of the squared length (attention is quadratic)
+    padding: float         # share of padded tokens in the profile's training batches
+    source: str            # where the counts come from
+
+
+def task_tokens(cfg: RunConfig) -> TaskTokens:
+    """Token counts of a run's training data (see _task_tokens)."""
+    return _task_tokens(cfg.backbone, cfg.task, cfg.max_length, cfg.train_size, cfg.dev_size, cfg.batch_size,
+                        cfg.updates_per_epoch, cfg.batches, cfg.batch_window, cfg.micro_batch_size)
+
+
+@lru_cache(maxsize=None)
+def _task_tokens(backbone: str, task_name: str, max_length: int, train_size, dev_size, batch_size,
+                 updates_per_epoch, batches: str, batch_window: int, micro: int) -> TaskTokens:
+    """Token counts of a run's training data, tokenized as the run would (MiniLM's tokenizer, the
+    vocabulary of bert-base-uncased, where the run's own does not load: approximate for RoBERTa's
+    BPE). Tasks without a local train split take its validation lengths and GLUE's train size;
+    without any local split, every example at max_length (an upper bound)."""
+    from .models import load_tokenizer
+    try:
+        tok, tok_note = load_tokenizer(backbone), ""
+    except (OSError, ValueError, RuntimeError):
+        tok, tok_note = load_tokenizer("minilm"), ", MiniLM's tokenizer"
+    task = gdata.get_task(task_name)
+    try:
+        train = gdata.subsample(gdata.encode_split(task_name, "train", tok, max_length), train_size, seed=0)
+        lengths, n_train, source = train.lengths.numpy(), len(train), "train split" + tok_note
+    except (ValueError, OSError):
+        n_train = min(GLUE_TRAIN_SIZE[task_name], train_size or math.inf)
+        try:
+            lengths = gdata.encode_split(task_name, task.eval_splits[0], tok, max_length).lengths.numpy()
+            source = f"validation lengths{tok_note}, GLUE's train size {GLUE_TRAIN_SIZE[task_name]:,}"
+        except (ValueError, OSError):
+            lengths = np.array([max_length])
+            source = f"no local split: every example at max_length {max_length} (an upper bound)"
+    try:
+        n_eval = len(gdata.subsample(gdata.encode_split(task_name, task.eval_splits[0], tok, max_length), dev_size, seed=0))
+    except (ValueError, OSError):
+        n_eval = dev_size or 0
+    b = min(batch_size, n_train) if batch_size else max(2, math.ceil(n_train / updates_per_epoch))  # train.update_batch_size
+    order = gdata.train_batches(lengths, min(b, len(lengths)), np.random.default_rng(0), batches, batch_window) if len(lengths) > 1 else [[0]]
+    chunks = [b_[i:i + micro] for b_ in order for i in range(0, len(b_), micro)]  # forward passes, as train.fit cuts them
+    pad = gdata.padding_share(lengths, chunks)
+    return TaskTokens(int(n_train), int(n_eval), float(lengths.mean()), float((lengths.astype(float) ** 2).mean()),
+                      float(pad), source)
+
+
+def _forward_per_example(cfg: RunConfig, tt: TaskTokens, layers=None, exits=1, exit_kind=None) -> float:
+    """Forward FLOPs per example at the data's length distribution: forward_flops is c + a L + b L^2
+    in the length, so its mean is exact from the mean and the mean square of the length."""
+    from .data import get_task
+    k = get_task(cfg.task).num_labels
+    kind = exit_kind or cfg.exit
+    f0, f1, f2 = (forward_flops(cfg.backbone, n, layers, kind, exits, k, cfg.d_e) for n in (0, 1, 2))
+    b = (f2 - 2 * f1 + f0) / 2
+    a = f1 - f0 - b
+    return f0 + a * tt.mean_len + b * tt.mean_len2
+
+
+def run_flops(cfg: RunConfig) -> dict:
+    """FLOPs of one run (a 2st run: its stage 2 only; its stage 1 is a run of its own), padded as
+    the profile's batches pad: "train" (the training steps), "eval" (dev passes) and, for 2st,
+    "features" (the frozen backbone once over train and dev, shared by every 2st run of one stage 1)."""
+    tt = task_tokens(cfg)
+    depth = arch(cfg.backbone)["num_hidden_layers"] if cfg.depth is None else cfg.depth
+    n_exits = 1 if cfg.strategy in ("single", "direct") else depth
+    pad = 1.0 / max(1e-9, 1.0 - tt.padding)
+    features = 0.0
+    if cfg.strategy == "2st":
+        features = (tt.n_train + tt.n_eval) * _forward_per_example(cfg, tt, depth, 0) * pad
+        exits_only = _forward_per_example(cfg, tt, 0, depth - 1)
+        factor = 5.0 if (cfg.stage2_grad or cfg.log_angles) else 3.0
+        train_f = factor * cfg.stage2_epochs * tt.n_train * exits_only * pad
+        eval_f = tt.n_eval * exits_only * pad
+        examples = tt.n_train * cfg.stage2_epochs
+    else:
+        per = _forward_per_example(cfg, tt, depth, n_exits)
+        factor = 5.0 if (cfg.acl_grad or cfg.log_angles) else 3.0
+        train_f = factor * cfg.epochs * tt.n_train * per * pad
+        eval_f = (cfg.epochs if cfg.eval_each_epoch else 1) * tt.n_eval * per * pad
+        examples = tt.n_train * cfg.epochs
+    return {"flops": train_f + eval_f + features, "train": train_f, "eval": eval_f, "features": features,
+            "examples_x_epochs": examples, "tokens_source": tt.source}
+
+
+def ce_step_seconds(repeats: int = 5) -> float:
+    """Seconds per CE training step of the cpu profile's model on one median-length RTE batch of 32
+    (bench.py's ce_bf16_step_s, fewer repeats): this machine's speed varies by up to 2x between days,
+    so each build records it, and builds are compared by their minutes over it."""
+    import torch
+    from . import train
+    cfg, td, idx = _probe_batch()
+    batch = train.BatchGetter(td.train, td.pad_id)(idx)
+    torch.manual_seed(0)
+    model = train.build_model(cfg, 2)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt, _ = train.make_optimizer(named, cfg.lr, cfg.weight_decay, 1000, 0.0)
+    objective = train.full_objective(cfg, model)
+    times = []
+    for i in range(repeats + 2):  # two warm-up steps
+        t0 = time.perf_counter()
+        model.train()
+        with train.autocast(cfg.precision):
+            loss = objective(batch, 1)
+        train.backward(loss, [p for _, p in named], False, 90.0, False)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _probe_batch():
+    """The batch ce_step_seconds times: the 32 RTE training examples around the median length."""
+    from . import train
+    from .models import load_tokenizer
+    cfg = make_config("cpu", "rte")
+    td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
+    order = np.argsort(td.train.lengths.numpy())
+    return cfg, td, order[len(order) // 2 - 16: len(order) // 2 + 16]
+
+
+def machine_flops_per_s(step_s: float | None = None) -> tuple[float, str]:
+    """Training FLOP/s of this machine, from a timed CE step of the cpu profile's model (the padded
+    tokens of its batch, 3 forward passes per step)."""
+    step_s = ce_step_seconds() if step_s is None else step_s
+    cfg, td, idx = _probe_batch()
+    seq = int(td.train.lengths[idx].max())  # the batch is padded to its longest example
+    flops = 3.0 * len(idx) * forward_flops(cfg.backbone, seq, None, cfg.exit, 1, 2, cfg.d_e)
+    return flops / step_s, f"a CE step of {cfg.backbone} on {len(idx)} RTE examples padded to {seq} tokens: {step_s:.3f} s"
