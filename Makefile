@@ -23,7 +23,9 @@ $(STAMP): requirements.txt pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# RAY_ADDRESS=local|auto|HOST:PORT: train the missing runs on Ray first (python -m acllib sweep), then build warm.
 book: setup
+	$(if $(RAY_ADDRESS),$(PY) -m acllib sweep --profile $(PROFILE) --address $(RAY_ADDRESS),@true)
 	$(PY) book/build.py --profile $(PROFILE)
 	@echo "The book: book/_build/html/index.html"
 
