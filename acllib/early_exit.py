@@ -150,9 +150,10 @@ def flop_table(model: MultiExitModel, lengths) -> dict[int, tuple[float, float]]
         x = torch.zeros(1, length, model.backbone.config.hidden_size, device=device())
         mask = torch.ones(1, length, dtype=torch.long, device=device())
         full_mask = create_bidirectional_mask(config=model.backbone.config, inputs_embeds=x, attention_mask=mask)
-        with torch.no_grad(), FlopCounterMode(display=False) as layer_count:
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # math backend: see analysis.forward_flops
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as layer_count:
             layer(x, attention_mask=full_mask)
-        with torch.no_grad(), FlopCounterMode(display=False) as exit_count:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as exit_count:
             exit_(x, mask)
         table[length] = (float(layer_count.get_total_flops()), float(exit_count.get_total_flops()))
     return table
@@ -173,15 +174,42 @@ def full_model_flops(model: MultiExitModel, table, lengths) -> np.ndarray:
 
 def latency_per_example(fn, batches: list[dict], repeats: int = 3) -> float:
     """Median over repeats of the seconds per example of fn(batch) over `batches` (one warm-up)."""
-    fn(batches[0])
+    return statistics.median(time_settings({"fn": fn}, batches, repeats)["fn"])
+
+
+def time_settings(settings: dict, batches: list[dict], repeats: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per example of each setting's fn(batch) over `batches`, `repeats` times: one warm-up
+    of each, then every repeat runs every setting once, in a fresh random order. Interleaved, a
+    slow spell of the machine falls on all settings alike, and repeat r of two settings is a pair."""
     n = sum(b["input_ids"].shape[0] for b in batches)
-    times = []
+    for fn in settings.values():
+        fn(batches[0])
+    names = list(settings)
+    times = {k: [] for k in names}
+    rng = np.random.default_rng(seed)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            fn(b)
-        times.append((time.perf_counter() - t0) / n)
-    return statistics.median(times)
+        for i in rng.permutation(len(names)):
+            t0 = time.perf_counter()
+            for b in batches:
+                settings[names[i]](b)
+            times[names[i]].append((time.perf_counter() - t0) / n)
+    return times
+
+
+def timing_summary(times: dict[str, list[float]], reference: str, level: float = 0.95) -> dict[str, dict]:
+    """Per setting: median ms per example and the speed-up over `reference` (median of the per-repeat
+    ratios reference / setting, paired by repeat), each with its distribution-free interval
+    (stats.median_interval) and that interval's coverage."""
+    from .stats import median_interval
+    out = {}
+    ref = np.asarray(times[reference])
+    for k, t in times.items():
+        t = np.asarray(t)
+        ms, ms_lo, ms_hi, cover = median_interval(1e3 * t, level)
+        sp, sp_lo, sp_hi, _ = median_interval(ref / t, level)
+        out[k] = {"ms": ms, "ms_lo": ms_lo, "ms_hi": ms_hi, "speedup": sp, "speedup_lo": sp_lo,
+                  "speedup_hi": sp_hi, "coverage": cover, "repeats": len(t)}
+    return out
 
 
 # Thresholds from "exit almost never" to "exit early"; patience counts agreeing exits.
@@ -220,12 +248,8 @@ def evaluate_rules(model: MultiExitModel, data: gdata.Encoded, task: str, precis
     full_preds = logits[-1].argmax(-1).numpy()
     rows = [{"rule": "none", "threshold": float("nan"), "score": score(task, labels, full_preds)[headline],
              "mean_exit_layer": float(model.num_layers), "flops_per_example": full_flops,
-             "flops_fraction": 1.0}]
-    if timing:
-        model.eval()
-        rows[0].update(latency_b1_ms=1e3 * latency_per_example(full_forward, one, repeats),
-                       latency_batch_ms=1e3 * latency_per_example(full_forward, many, repeats),
-                       real_equals_simulated=float("nan"))  # nothing simulated
+             "flops_fraction": 1.0, "real_equals_simulated": float("nan")}]  # nothing simulated
+    settings = {"none": full_forward}
     for kind, thresholds in grid.items():
         for t in thresholds:
             rule = ExitRule(kind, float(t))
@@ -236,31 +260,37 @@ def evaluate_rules(model: MultiExitModel, data: gdata.Encoded, task: str, precis
                    "flops_per_example": flops, "flops_fraction": flops / full_flops}
             if timing:
                 real = torch.cat([early_exit_forward(model, b, rule, precision)[0] for b in many]).numpy()
-                row.update(latency_b1_ms=1e3 * latency_per_example(
-                               lambda b: early_exit_forward(model, b, rule, precision), one, repeats),
-                           latency_batch_ms=1e3 * latency_per_example(
-                               lambda b: early_exit_forward(model, b, rule, precision), many, repeats),
-                           real_equals_simulated=float((real == preds[sub]).mean()))
+                row["real_equals_simulated"] = float((real == preds[sub]).mean())
+                settings[f"{kind}:{float(t)}"] = lambda b, rule=rule: early_exit_forward(model, b, rule, precision)
             rows.append(row)
-    if timing:
-        for row in rows:
-            row["speedup_b1"] = rows[0]["latency_b1_ms"] / row["latency_b1_ms"]
-            row["speedup_batch"] = rows[0]["latency_batch_ms"] / row["latency_batch_ms"]
+    if timing:  # every setting timed in the same interleaved repeats, the full model among them
+        model.eval()
+        for tag, batches_ in (("b1", one), ("batch", many)):
+            summary = timing_summary(time_settings(settings, batches_, repeats), "none")
+            for row in rows:
+                t = summary["none" if row["rule"] == "none" else f"{row['rule']}:{row['threshold']}"]
+                row.update({f"latency_{tag}_ms": t["ms"], f"latency_{tag}_ms_lo": t["ms_lo"], f"latency_{tag}_ms_hi": t["ms_hi"],
+                            f"speedup_{tag}": t["speedup"], f"speedup_{tag}_lo": t["speedup_lo"],
+                            f"speedup_{tag}_hi": t["speedup_hi"], "timing_coverage": t["coverage"],
+                            "timing_repeats": t["repeats"]})
     return rows
 
 
 def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_examples: int = 64,
-                 batch_size: int = 32, repeats: int = 3) -> list[dict]:
+                 batch_size: int = 32, repeats: int = 3, threads: int | None = None) -> list[dict]:
     """evaluate_rules on the dev split of a finished run's model, cached in
     data_cache/analysis/ (keyed by the run and every argument): a warm book rebuild reuses the
-    measured latencies instead of timing again."""
+    measured latencies instead of timing again. Timed with `threads` torch threads (default: the
+    current number), set for the timing and recorded."""
     import hashlib
     import json
     from . import runs, store, train
     from .models import load_tokenizer
     grid = DEFAULT_GRID if grid is None else grid
+    threads = threads or torch.get_num_threads()
     args = {"grid": {k: [float(t) for t in v] for k, v in grid.items()}, "timing": timing,
-            "latency_examples": latency_examples, "batch_size": batch_size, "repeats": repeats}
+            "latency_examples": latency_examples, "batch_size": batch_size, "repeats": repeats,
+            "threads": threads, "timing_version": 2}  # 2: interleaved repeats with intervals
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
     path = store.cache_dir("analysis") / f"{cfg.hash}-early-exit-{key}.json"
     if path.exists():
@@ -268,8 +298,13 @@ def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_exa
     model = runs.load_model(cfg)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     dev = td.evals[next(iter(td.evals))]
-    rows = evaluate_rules(model, dev, cfg.task, cfg.precision, td.pad_id, grid, timing, latency_examples,
-                          batch_size, repeats)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # pinned for the timing
+    try:
+        rows = evaluate_rules(model, dev, cfg.task, cfg.precision, td.pad_id, grid, timing, latency_examples,
+                              batch_size, repeats)
+    finally:
+        torch.set_num_threads(before)
     store.write_json(path, {"config": cfg.to_dict(), "args": args, "hardware": runs.provenance(cfg)["device_name"],
-                            "threads": torch.get_num_threads(), "rows": rows})
+                            "threads": threads, "rows": rows})
     return rows

@@ -160,3 +160,26 @@ def test_evaluate_run_measures_once_then_reads_the_cache(cache, monkeypatch):
                                   check_like=True)
     with pytest.raises(RuntimeError, match="measured again"):
         early_exit.evaluate_run(cfg, **{**kwargs, "repeats": 2})  # other settings: a new measurement
+
+
+def test_time_settings_interleaves_and_pairs_repeats(monkeypatch):
+    from acllib import early_exit
+    order = []
+    clock = iter(range(10_000))
+    monkeypatch.setattr(early_exit.time, "perf_counter", lambda: float(next(clock)))
+    settings = {k: (lambda b, k=k: order.append(k)) for k in ("a", "b", "c")}
+    batches = [{"input_ids": np.zeros((2, 3))}]
+    times = early_exit.time_settings(settings, batches, repeats=4, seed=1)
+    assert order[:3] == ["a", "b", "c"]  # one warm-up each
+    rounds = [order[3 + 3 * r: 6 + 3 * r] for r in range(4)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # every repeat times every setting once
+    assert len({tuple(r) for r in rounds}) > 1  # in fresh random orders
+    assert all(len(v) == 4 and all(t == 0.5 for t in v) for v in times.values())  # 1 tick over 2 examples
+
+
+def test_timing_summary_pairs_speed_ups_by_repeat():
+    from acllib import early_exit
+    times = {"none": [2.0, 4.0, 2.0, 4.0, 2.0], "fast": [1.0, 2.0, 1.0, 2.0, 1.0]}  # a slow spell hits both
+    s = early_exit.timing_summary(times, "none")
+    assert s["fast"]["speedup"] == 2.0 and s["fast"]["speedup_lo"] == s["fast"]["speedup_hi"] == 2.0
+    assert s["none"]["speedup"] == 1.0 and s["none"]["ms"] == 2000.0

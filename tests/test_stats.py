@@ -343,3 +343,18 @@ def test_paired_variance_test_by_simulation_and_hand():
         x, y = z + 0.5 * rng.normal(size=8), z + 0.5 * rng.normal(size=8)
         reject += stats.paired_variance_test(x, y)["p_support"] < 0.05
     assert reject / 2000 < 0.05 + 2 * np.sqrt(0.05 * 0.95 / 2000)
+
+
+def test_median_interval_coverage_by_hand_and_by_simulation():
+    x = np.arange(9.0)
+    med, lo, hi, cover = stats.median_interval(x)
+    # n = 9: k = 2 covers 1 - 2 * (1 + 9) / 2^9 = 0.9609; k = 3 only 1 - 2 * 46 / 512 = 0.8203
+    assert (med, lo, hi) == (4.0, 1.0, 7.0) and cover == pytest.approx(1 - 20 / 512)
+    med, lo, hi, cover = stats.median_interval([3.0, 1.0, 2.0, 5.0, 4.0])  # too few for 95%: min, max
+    assert (lo, hi) == (1.0, 5.0) and cover == pytest.approx(1 - 2 / 32)
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(4000):  # skewed noise, true median log(2) of an exponential(1)
+        _, lo, hi, _ = stats.median_interval(rng.exponential(size=9))
+        hits += lo <= math.log(2) <= hi
+    assert abs(hits / 4000 - (1 - 20 / 512)) < 0.015

@@ -177,6 +177,25 @@ def test_finished_runs_come_from_the_cache(cache, monkeypatch):
     assert runs.run(cfg, progress=False) == first
 
 
+@pytest.mark.parametrize("damage", ["truncated", "other config"])
+def test_a_damaged_results_file_is_reported_and_run_again(cache, damage, capsys):
+    cfg = make_config("smoke", "rte", method="ce", seed=12)
+    first = runs.run(cfg, progress=False)
+    path = runs.result_path(cfg)
+    if damage == "truncated":
+        path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    else:  # a valid file whose config is not the one its name's hash stands for
+        other = runs.run(make_config("smoke", "rte", method="ce", seed=13), progress=False)
+        path.write_text(runs.result_path(make_config("smoke", "rte", method="ce", seed=13)).read_text())
+        assert other["hash"] != cfg.hash
+    assert runs.load_result(cfg) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and cfg.hash in err[0] and "done again" in err[0]
+    again = runs.run(cfg, progress=False)
+    assert _comparable(again) == _comparable(first)  # re-run, and the file replaced by a good one
+    assert runs.load_result(cfg)["hash"] == cfg.hash
+
+
 def test_two_stage_shares_stage1_and_reports_every_exit(cache):
     base = dict(strategy="2st", method="ce", seed=5)
     cfgs = [make_config("smoke", "mrpc", **base, stage2_aux=a, stage2_kd=kd) for a, kd in
