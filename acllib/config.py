@@ -253,8 +253,8 @@ PROFILES = {p.name: p for p in [
             "2-core build (`python -m acllib plan --profile cpu-full` gives its cost)",
             dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=2, stage2_epochs=2, batch_size=32,
                  micro_batch_size=32, max_length=128, eval_each_epoch=False),
-            # QNLI and MNLI have no train split here, QQP no split at all. Full SST-2 (67,349) would be
-            # four fifths of the plan's FLOPs: capped, it is about half.
+            # QNLI and MNLI have no train split here, QQP no split at all. Full SST-2 (67,349 examples)
+            # would be more than all other tasks together: capped at 20,000.
             tasks=("cola", "mrpc", "rte", "sst2"), seeds=(1, 2, 3, 4, 5, 6, 7, 8),
             per_task={"sst2": dict(train_size=20000)},
             chapters={"pilot": dict(tasks=("rte", "sst2")), "table3": dict(tasks=("rte",), convex_lambdas=(1.0,)),

@@ -85,7 +85,11 @@ def _task_tokens(backbone: str, task_name: str, max_length: int, train_size, dev
     without any local split, every example at max_length (an upper bound)."""
     from .models import load_tokenizer
     try:
-        tok, tok_note = load_tokenizer(backbone), ""
+        if backbone in ("minilm", "tiny", "tiny-roberta") or backbone.startswith((".", "/", "~")):
+            tok, tok_note = load_tokenizer(backbone), ""
+        else:  # a hub id: only what is already downloaded (a plan must not wait on the network)
+            from transformers import AutoTokenizer
+            tok, tok_note = AutoTokenizer.from_pretrained(backbone, local_files_only=True), ""
     except (OSError, ValueError, RuntimeError):
         tok, tok_note = load_tokenizer("minilm"), ", MiniLM's tokenizer"
     task = gdata.get_task(task_name)
