@@ -72,13 +72,15 @@ class TaskTokens:
 
 def task_tokens(cfg: RunConfig) -> TaskTokens:
     """Token counts of a run's training data (see _task_tokens)."""
-    return _task_tokens(cfg.backbone, cfg.task, cfg.max_length, cfg.train_size, cfg.dev_size, cfg.batch_size,
-                        cfg.updates_per_epoch, cfg.batches, cfg.batch_window, cfg.micro_batch_size)
+    from .train import update_batch_size
+    n = min(GLUE_TRAIN_SIZE[cfg.task], cfg.train_size or GLUE_TRAIN_SIZE[cfg.task])  # the examples the batch rule sees
+    return _task_tokens(cfg.backbone, cfg.task, cfg.max_length, cfg.train_size, cfg.dev_size,
+                        update_batch_size(cfg, n), cfg.batches, cfg.batch_window, cfg.micro_batch_size)
 
 
 @lru_cache(maxsize=None)
-def _task_tokens(backbone: str, task_name: str, max_length: int, train_size, dev_size, batch_size,
-                 updates_per_epoch, batches: str, batch_window: int, micro: int) -> TaskTokens:
+def _task_tokens(backbone: str, task_name: str, max_length: int, train_size, dev_size, b: int,
+                 batches: str, batch_window: int, micro: int) -> TaskTokens:
     """Token counts of a run's training data, tokenized as the run would (MiniLM's tokenizer, the
     vocabulary of bert-base-uncased, where the run's own does not load: approximate for RoBERTa's
     BPE). Tasks without a local train split take its validation lengths and GLUE's train size;
@@ -108,7 +110,6 @@ def _task_tokens(backbone: str, task_name: str, max_length: int, train_size, dev
         n_eval = len(gdata.subsample(gdata.encode_split(task_name, task.eval_splits[0], tok, max_length), dev_size, seed=0))
     except (ValueError, OSError):
         n_eval = dev_size or 0
-    b = min(batch_size, n_train) if batch_size else max(2, math.ceil(n_train / updates_per_epoch))  # train.update_batch_size
     order = gdata.train_batches(lengths, min(b, len(lengths)), np.random.default_rng(0), batches, batch_window) if len(lengths) > 1 else [[0]]
     chunks = [b_[i:i + micro] for b_ in order for i in range(0, len(b_), micro)]  # forward passes, as train.fit cuts them
     pad = gdata.padding_share(lengths, chunks)

@@ -10,7 +10,6 @@ The last exit always fires.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -170,11 +169,6 @@ def full_model_flops(model: MultiExitModel, table, lengths) -> np.ndarray:
     """Per example, without early exiting: every layer and the last exit only."""
     per = np.array([table[int(n)] for n in lengths])
     return model.num_layers * per[:, 0] + per[:, 1]
-
-
-def latency_per_example(fn, batches: list[dict], repeats: int = 3) -> float:
-    """Median over repeats of the seconds per example of fn(batch) over `batches` (one warm-up)."""
-    return statistics.median(time_settings({"fn": fn}, batches, repeats)["fn"])
 
 
 def time_settings(settings: dict, batches: list[dict], repeats: int, seed: int = 0) -> dict[str, list[float]]:
