@@ -117,15 +117,17 @@ def missing_runs(profile: str, chapters=None) -> list[RunConfig]:
 
 
 def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1, workers: int | None = None,
-          max_retries: int = 3, progress: bool = True) -> dict:
+          max_retries: int = 3, progress: bool = True, configs=None) -> dict:
     """Run the plan's missing runs on Ray. address: "local" starts a Ray instance on this machine
     (bound to 127.0.0.1, `workers` CPUs, default all) and stops it after; "auto" or HOST:PORT joins a
     running cluster. Each run takes one GPU where the cluster has GPUs, `threads` CPUs otherwise.
+    configs: run these instead of the plan's (each 2st run's stage 1 among them or cached).
     Returns counts: trained here, skipped (claimed by another sweep), failed."""
     import ray
     from tqdm import tqdm
 
-    todo = missing_runs(profile, chapters)
+    todo = (missing_runs(profile, chapters) if configs is None
+            else [c for c in configs if runs.load_result(c) is None])
     started = address == "local"
     if started:
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",

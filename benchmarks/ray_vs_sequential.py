@@ -3,7 +3,7 @@
 instance (W workers x T threads). Prints minutes of each and their ratio (one `name: value` line
 each), for the cpu book's runs of the chapters given.
 
-    .venv/bin/python benchmarks/ray_vs_sequential.py --profile cpu --chapters 02 [--workers 2 --threads 1]
+    .venv/bin/python benchmarks/ray_vs_sequential.py --profile cpu --chapters 02 [--seeds 1 2] [--workers 2 --threads 1]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def main(argv=None) -> None:
     p.add_argument("--chapters", nargs="*", default=["02"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=int, nargs="*", help="only these seeds' runs (a smaller sample)")
     p.add_argument("--order", choices=["sequential-first", "ray-first"], default="sequential-first")
     args = p.parse_args(argv)
     import torch
@@ -29,6 +30,8 @@ def main(argv=None) -> None:
     from acllib.sweep import sweep
 
     cfgs = [c for group in plan.book_plan(args.profile, args.chapters).values() for c in group]
+    if args.seeds:
+        cfgs = [c for c in cfgs if c.seed in args.seeds]
     print(f"runs: {len(cfgs)} (profile {args.profile}, chapters {' '.join(args.chapters)})")
     minutes = {}
 
@@ -39,7 +42,8 @@ def main(argv=None) -> None:
 
     def on_ray():
         t0 = time.perf_counter()
-        counts = sweep(args.profile, args.chapters, "local", args.threads, args.workers, progress=True)
+        counts = sweep(args.profile, args.chapters, "local", args.threads, args.workers, progress=True,
+                       configs=cfgs)
         assert counts["trained"] == len(cfgs), counts
         minutes["ray"] = (time.perf_counter() - t0) / 60
 
