@@ -100,21 +100,50 @@ def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
 def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) -> float:
     """FLOPs of one forward pass of one example of length `seq_len` up to exit `layer` (default:
     the model's last exit), counted by torch.utils.flop_counter (matmuls and attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels).eval()
     layer = layer or model.exit_layers[-1]
     if layer != model.num_layers:  # count only the layers an exit at `layer` needs
         del encoder_layers(model.backbone)[layer:]
-    batch = {"input_ids": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),
-             "attention_mask": torch.ones(1, seq_len, dtype=torch.long, device=train.device()),
-             "token_type_ids": torch.zeros(1, seq_len, dtype=torch.long, device=train.device())}
+    return count_forward_flops(model, seq_len, layer)
+
+
+def count_forward_flops(model, seq_len: int = 128, layer: int | None = None) -> float:
+    """forward_flops of a model as it is (e.g. one whose heads were pruned), through exit `layer`."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    layer = layer or model.exit_layers[-1]
+    dev = next(model.parameters()).device
+    batch = {"input_ids": torch.ones(1, seq_len, dtype=torch.long, device=dev),
+             "attention_mask": torch.ones(1, seq_len, dtype=torch.long, device=dev),
+             "token_type_ids": torch.zeros(1, seq_len, dtype=torch.long, device=dev)}
     # the math backend: torch's counter has no entry for the fused CPU attention kernel (it would count 0)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         hs = model.hidden_states(batch)
         model.run_exits(hs, batch["attention_mask"], [layer])
     return float(counter.get_total_flops())
+
+
+def row_flops(cfg: RunConfig, result: dict, seq_len: int = 128, layer: int | None = None) -> float:
+    """A Table 1 row's forward FLOPs: counted on the run's own model where its shape is the run's
+    outcome (head pruning stores them), from its configuration otherwise."""
+    stored = result.get("forward_flops")
+    if stored is not None and stored["seq_len"] == seq_len and layer is None:
+        return float(stored["flops"])
+    return forward_flops(cfg, seq_len, layer)
+
+
+def pruning_path(results: dict) -> "pd.DataFrame":
+    """Head pruning's path, one row per (seed, point): heads pruned, share of the full model's FLOPs
+    and the headline dev score (results: seed -> a headprune run's result)."""
+    import pandas as pd
+    rows = []
+    for seed, r in results.items():
+        split, metric = r["eval_split"], r["headline_metric"]
+        for point in r["path"]:
+            scores = point["final"][split]
+            rows.append({"seed": seed, "heads_pruned": point["heads_pruned"], "share_pruned": point["share_pruned"],
+                         "flops_ratio": point["flops_ratio"], "score": scores[max(scores, key=int)][metric]})
+    return pd.DataFrame(rows)
 
 
 def score_of(result: dict, layer: int | str | None = None) -> float:

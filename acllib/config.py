@@ -14,7 +14,10 @@ from .models import EXITS
 # cached results made by the old code are not reused.
 RESULTS_VERSION = 6  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16); 5: random training batches, linear exits with the pre-trained pooler; 6: length-windowed batches
 
-STRATEGIES = ("single", "direct", "2st", "jt", "alt")
+STRATEGIES = ("single", "direct", "2st", "jt", "alt", "headprune", "theseus")
+# Strategies that start from a finished full fine-tune (RunConfig.stage1): 2ST's stage 2, and the
+# compression baselines run on the CE model (head_pruning, theseus)
+AFTER_STAGE1 = ("2st", "headprune", "theseus")
 # Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)
 METHODS = {"ce": ("none", False), "ce+scl": ("scl", False),
            "acl-embed": ("acl-embed", False), "acl": ("acl-embed", True)}
@@ -35,7 +38,8 @@ STAGE2_GRAD_REFS = ("ce", "ce+kd")
 class RunConfig:
     task: str = "rte"
     backbone: str = "minilm"
-    strategy: str = "single"   # single: last-layer exit only; direct: first `depth` layers + one exit
+    strategy: str = "single"   # single: last-layer exit only; direct: first `depth` layers + one exit;
+                               # headprune / theseus: compress the single CE run (head_pruning, theseus)
     method: str = "ce"         # the objective of full fine-tuning (= stage 1 of 2st)
     exit: str = "mha"
     depth: int | None = None   # direct only
@@ -89,7 +93,8 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage1(self) -> "RunConfig":
-        """The full fine-tuning run that stage 1 of a 2st run is (shared by all its stage-2 variants)."""
+        """The full fine-tuning run a 2st run's stage 1 is (shared by all its stage-2 variants), or
+        the one a headprune or theseus run compresses."""
         return _normalize(replace(self, strategy="single", log_angles=False))
 
 
@@ -145,6 +150,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.kd_temperature > 0, f"kd_temperature must be > 0, got {cfg.kd_temperature!r}"),
         (cfg.strategy not in ("jt", "alt") or cfg.method == "ce",
          f"strategy {cfg.strategy!r} trains with CE only; method {cfg.method!r} is not allowed with it"),
+        (cfg.strategy not in ("headprune", "theseus") or cfg.method == "ce",
+         f"strategy {cfg.strategy!r} compresses the CE model; method {cfg.method!r} is not allowed with it"),
         (cfg.strategy != "direct" or (cfg.depth or 0) >= 1, f"strategy 'direct' needs depth >= 1, got {cfg.depth!r}"),
         (cfg.epochs >= 1 and cfg.stage2_epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}/{cfg.stage2_epochs}"),
         (cfg.batch_size is not None or cfg.updates_per_epoch is not None,

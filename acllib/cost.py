@@ -138,6 +138,20 @@ def run_flops(cfg: RunConfig) -> dict:
     n_exits = 1 if cfg.strategy in ("single", "direct") else depth
     pad = 1.0 / max(1e-9, 1.0 - tt.padding)
     features = 0.0
+    if cfg.strategy == "headprune":  # no training: the importances (a forward and a backward to the
+        # activations, ~2 forwards) and dev passes along the path, priced unpruned (an upper bound)
+        from .head_pruning import IMPORTANCE_EXAMPLES, path_points
+        per = _forward_per_example(cfg, tt, depth, 1)
+        heads = arch(cfg.backbone)["num_hidden_layers"] * arch(cfg.backbone)["num_attention_heads"]
+        train_f = 2.0 * min(IMPORTANCE_EXAMPLES, tt.n_train) * per * pad
+        eval_f = (len(path_points(heads)) + 1) * tt.n_eval * per * pad
+        return {"flops": train_f + eval_f, "train": train_f, "eval": eval_f, "features": 0.0,
+                "examples_x_epochs": 0, "tokens_source": tt.source}
+    if cfg.strategy == "theseus":  # training priced at the predecessor's depth (an upper bound), eval at half
+        train_f = 3.0 * cfg.epochs * tt.n_train * _forward_per_example(cfg, tt, depth, 1) * pad
+        eval_f = (cfg.epochs if cfg.eval_each_epoch else 1) * tt.n_eval * _forward_per_example(cfg, tt, depth // 2, 1) * pad
+        return {"flops": train_f + eval_f, "train": train_f, "eval": eval_f, "features": 0.0,
+                "examples_x_epochs": tt.n_train * cfg.epochs, "tokens_source": tt.source}
     if cfg.strategy == "2st":
         features = (tt.n_train + tt.n_eval) * _forward_per_example(cfg, tt, depth, 0) * pad
         exits_only = _forward_per_example(cfg, tt, 0, depth - 1)

@@ -71,8 +71,9 @@ def acl_attention(module, query, key, value, attention_mask, dropout: float = 0.
     # SDPA for inference only: its CPU backward is much slower than the written-out product's
     # (the pilot's fixed-model gradients run in eval mode, without dropout, but with gradients).
     if dropout == 0.0 and not (torch.is_grad_enabled() and query.requires_grad):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
-                                      scaling=scaling, **kwargs)
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
+                                        scaling=scaling, **kwargs)
+        return _gate_heads(module, out), None
     if getattr(module, "is_causal", False):
         raise ValueError("acl_attention is for encoders; a causal module reached it")
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
@@ -80,7 +81,18 @@ def acl_attention(module, query, key, value, attention_mask, dropout: float = 0.
     if attention_mask is not None:  # SDPA's boolean mask, True where attention is allowed
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     probs = fast_dropout(scores.softmax(dim=-1), dropout, True)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None  # [B, L, heads, d_head]
+    return _gate_heads(module, torch.matmul(probs, value).transpose(1, 2).contiguous()), None  # [B, L, heads, d_head]
+
+
+def _gate_heads(module, out: torch.Tensor) -> torch.Tensor:
+    """out [B, L, heads, d_head] times the module's head mask xi where head_pruning set one: [heads],
+    or [B, heads] for per-example gradients (Michel et al.'s head importance differentiates the
+    loss with respect to it). No mask (the default): out unchanged."""
+    mask = getattr(module, "head_mask", None)
+    if mask is None:
+        return out
+    mask = mask[:, None, :, None] if mask.dim() == 2 else mask[None, None, :, None]
+    return out * mask.to(out.dtype)
 
 
 def _register_attention() -> None:
@@ -205,22 +217,23 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
 
 # The hub configs of the paper's backbones, so that plans and captions need no hub.
 KNOWN_ARCH = {
-    "bert-base-uncased": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072),
-    "roberta-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072),
+    "bert-base-uncased": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, num_attention_heads=12),
+    "roberta-base": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=3072, num_attention_heads=12),
 }
+_ARCH_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
 
 
 @lru_cache(maxsize=None)
 def backbone_arch(backbone: str) -> dict:
-    """num_hidden_layers, hidden_size, intermediate_size of a backbone, from its config alone."""
+    """num_hidden_layers, hidden_size, intermediate_size, num_attention_heads of a backbone, from its config alone."""
     if backbone in KNOWN_ARCH:
         return KNOWN_ARCH[backbone]
     if backbone in ("tiny", "tiny-roberta"):
         c = TINY if backbone == "tiny" else TINY_ROBERTA
-        return {k: c[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size")}
+        return {k: c[k] for k in _ARCH_KEYS}
     from transformers import AutoConfig
     c = AutoConfig.from_pretrained(str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone))
-    return dict(num_hidden_layers=c.num_hidden_layers, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size)
+    return {k: getattr(c, k) for k in _ARCH_KEYS}
 
 
 def backbone_depth(backbone: str) -> int:
@@ -239,6 +252,24 @@ def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
             continue
         if isinstance(mod, nn.ModuleList):
             return mod
+    raise ValueError(f"cannot find the layer list of {type(backbone).__name__}")
+
+
+def set_encoder_layers(backbone: nn.Module, layers) -> None:
+    """Replace the backbone's list of transformer layers (the one encoder_layers finds)."""
+    old = encoder_layers(backbone)
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        *parents, name = path.split(".")
+        mod = backbone
+        try:
+            for part in parents:
+                mod = getattr(mod, part)
+        except AttributeError:
+            continue
+        if getattr(mod, name, None) is old:
+            setattr(mod, name, nn.ModuleList(layers))
+            backbone.config.num_hidden_layers = len(layers)
+            return
     raise ValueError(f"cannot find the layer list of {type(backbone).__name__}")
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import paper
-from .config import (LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TABLE3_METHODS, RunConfig,
+from .config import (AFTER_STAGE1, LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TABLE3_METHODS, RunConfig,
                      get_profile, make_config)
 from .models import backbone_depth
 
@@ -97,6 +97,9 @@ def table1_rows(depth: int, family: str = "BERT") -> dict[str, tuple[dict, int |
         "ACL": (dict(method="acl"), None, (family, "ACL")),
         f"direct {half} layers (as {family}-6L)": (dict(strategy="direct", depth=half), None, (f"{family}-6L", "-")),
         f"ACL-CL exit {half} (as ACL-{family}-6L)": (dict(strategy="2st", **TABLE2_ROWS["ACL"]), half, (f"ACL-{family}-6L", "ACL-CL")),
+        # the compression baselines, run on the CE row's model (the paper's rows are BERT-base's)
+        "head pruning (as HeadPrune)": (dict(strategy="headprune"), None, ("HeadPrune", "-")),
+        f"BERT-of-Theseus {half} layers": (dict(strategy="theseus"), None, ("BERT-of-Theseus", "-")),
     }
 
 
@@ -202,10 +205,11 @@ def chapter_names(chapters=None) -> list[str]:
 
 
 def with_stage1(cfgs) -> list[RunConfig]:
-    """The configs and the stage-1 runs their 2st configs start from (each once, stage 1 first)."""
+    """The configs and the stage-1 runs their 2st, headprune and theseus configs start from (each
+    once, stage 1 first)."""
     out: dict[str, RunConfig] = {}
     for c in cfgs:
-        if c.strategy == "2st":
+        if c.strategy in AFTER_STAGE1:
             out.setdefault(c.stage1().hash, c.stage1())
         out.setdefault(c.hash, c)
     return list(out.values())
@@ -244,7 +248,7 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
                 groups.add(c.stage1().hash)
         done = [load_result(c) for c in cfgs]
         for c, x, r in zip(cfgs, f, done):  # calibrate on full fine-tunes: their train_seconds are their training steps
-            if r is not None and c.strategy != "2st" and r.get("train_seconds") and flops_per_s:
+            if r is not None and c.strategy not in AFTER_STAGE1 and r.get("train_seconds") and flops_per_s:
                 calib.append(r["train_seconds"] / (x["train"] / flops_per_s))
         rows.append({"chapter": name, "runs": len(cfgs), "in the cache": sum(r is not None for r in done),
                      "examples x epochs": sum(x["examples_x_epochs"] for x in f), "PFLOPs": sum(x["flops"] for x in f) / 1e15,

@@ -10,10 +10,13 @@ import seaborn as sns
 # variants are drawn only beside 2ST-linear, ACL-CL is ACL's exit.
 _PALETTE = sns.color_palette("colorblind")
 _MORE = sns.color_palette("dark")
+_BRIGHT = sns.color_palette("bright")
 METHOD_COLORS = {
     "CE": _PALETTE[0], "CE+SCL": _PALETTE[1], "ACL": _PALETTE[2], "ACL-Embed": _PALETTE[4],
     "JT": _MORE[3], "ALT": _MORE[6], "2ST-linear": _PALETTE[7], "2ST-MHA": _PALETTE[9],
     "2ST-MHA+KD": _MORE[0], "paper": (0.2, 0.2, 0.2),
+    # Table 1's half-depth and compressed models
+    "direct": _BRIGHT[9], "head pruning": _BRIGHT[3], "BERT-of-Theseus": _BRIGHT[4],
 }
 TWINS = {"JT-MHA": "JT", "ALT-MHA": "ALT", "2ST-linear ([CLS], no pooler)": "2ST-linear",
          "2ST-linear (mean pooling)": "2ST-linear", "ACL-CL": "ACL"}

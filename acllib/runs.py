@@ -19,7 +19,7 @@ import torch
 
 from . import data as gdata
 from . import store, train
-from .config import RunConfig
+from .config import AFTER_STAGE1, RunConfig
 from .models import load_tokenizer
 
 
@@ -111,13 +111,13 @@ def _result(cfg: RunConfig, log: train.FitLog, td: train.TaskData, model, final:
 
 
 def note_requested(cfgs) -> None:
-    """Append the hashes of the runs asked for (2st ones with their stage 1) to the file named by
+    """Append the hashes of the runs asked for (2st, headprune, theseus with their stage 1) to the file named by
     $ACL_RUN_LEDGER, which book/build.py sets per chapter: the book's runs can then be held against
     acllib.plan's (tests/test_book.py). A log of requests, never read as results."""
     path = os.environ.get("ACL_RUN_LEDGER")
     if not path:
         return
-    lines = [h for c in cfgs for h in ((c.stage1().hash,) if c.strategy == "2st" else ()) + (c.hash,)]
+    lines = [h for c in cfgs for h in ((c.stage1().hash,) if c.strategy in AFTER_STAGE1 else ()) + (c.hash,)]
     with open(path, "a") as f:
         f.write("".join(h + "\n" for h in lines))
 
@@ -131,6 +131,11 @@ def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
             return cached
     if cfg.strategy == "2st":
         return run_two_stage([cfg], progress, force)[0]
+    if cfg.strategy in ("headprune", "theseus"):
+        from . import head_pruning, theseus
+        result = (head_pruning if cfg.strategy == "headprune" else theseus).run(cfg, progress)
+        store.write_json(result_path(cfg), result)
+        return result
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(cfg.backbone)
     td = train.load_task_data(cfg, tokenizer)

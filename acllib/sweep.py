@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from . import plan, runs, store
-from .config import RunConfig
+from .config import AFTER_STAGE1, RunConfig
 
 
 def _run_files(cfg: RunConfig) -> dict[str, bytes]:
@@ -141,19 +141,21 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         gpus = ray.cluster_resources().get("GPU", 0)
         per_run = {"num_gpus": 1} if gpus else {"num_cpus": threads}
         task = ray.remote(execute).options(max_retries=max_retries, **per_run)
-        # Tasks: each run but 2st ones; 2st runs grouped by their stage 1, submitted once it is in the cache.
+        # Tasks: each run, but 2st runs grouped by their stage 1; a run that starts from a stage 1
+        # (2st, headprune, theseus) is submitted once its stage 1 is in the cache.
         groups: dict[str, list[RunConfig]] = {}
         for c in todo:
             if c.strategy == "2st":
                 groups.setdefault(c.stage1().hash, []).append(c)
-        ready: list[list[RunConfig]] = [[c] for c in todo if c.strategy != "2st"]
-        waiting = dict(groups)
+        ready: list[list[RunConfig]] = [[c] for c in todo if c.strategy not in AFTER_STAGE1]
+        waiting = list(groups.values()) + [[c] for c in todo if c.strategy in AFTER_STAGE1 and c.strategy != "2st"]
 
         def release_waiting() -> None:
-            for h in [h for h, g in waiting.items() if runs.load_result(g[0].stage1()) is not None]:
-                ready.append(waiting.pop(h))
+            for unit in [u for u in waiting if runs.load_result(u[0].stage1()) is not None]:
+                waiting.remove(unit)
+                ready.append(unit)
 
-        failed1: set[str] = set()  # stage 1s that failed: their 2st runs cannot run
+        failed1: set[str] = set()  # stage 1s that failed: the runs that start from them cannot run
         release_waiting()
         while ready or pending or waiting:
             for unit in ready:
@@ -165,14 +167,14 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                 bar.update(len(unit) - len(mine))
                 if not mine:
                     continue
-                files1 = _run_files(mine[0].stage1()) if mine[0].strategy == "2st" else None
+                files1 = _run_files(mine[0].stage1()) if mine[0].strategy in AFTER_STAGE1 else None
                 pending[task.remote([c.to_dict() for c in mine], files1, threads)] = mine
             ready = []
             if not pending:
                 release_waiting()
                 if not ready:  # their stage 1s failed here, or are held by another sweep: leave them
-                    for h, g in waiting.items():
-                        counts["failed" if h in failed1 else "skipped"] += len(g)
+                    for g in waiting:
+                        counts["failed" if g[0].stage1().hash in failed1 else "skipped"] += len(g)
                         bar.update(len(g))
                     break
                 continue
@@ -186,7 +188,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                     counts["trained"] += len(unit)
                 except Exception as err:  # a task that fails for good: say which, keep going
                     counts["failed"] += len(unit)
-                    failed1.update(c.hash for c in unit if c.strategy != "2st")
+                    failed1.update(c.hash for c in unit if c.strategy not in AFTER_STAGE1)
                     text = str(err).strip()
                     print(f"run {unit[0].hash}{' and its group' if len(unit) > 1 else ''} failed: "
                           f"{text.splitlines()[-1] if text else type(err).__name__}", file=sys.stderr)

@@ -106,6 +106,8 @@ def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, thres
     if loss.aux is None or not (acl_grad or log_angles):
         w_main, w_aux = loss.weights(loss.lam)
         total = loss.main if loss.aux is None else w_main * loss.main + w_aux * loss.aux
+        if not total.requires_grad:  # it reaches no trained parameter (a Theseus batch that replaced
+            return []                # no module): their .grad stays None and the optimizer skips them
         (total * scale).backward()
         return []
     if loss.stacked is not None:
@@ -320,8 +322,10 @@ class BatchGetter:
 def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
     backbone = load_backbone(cfg.backbone, cfg.dropout, seed=cfg.seed)
     n = cfg.depth if cfg.strategy == "direct" else None
+    if cfg.strategy == "theseus":  # the successor's shape: half the depth (theseus.Theseus)
+        n = len(encoder_layers(backbone)) // 2
     m = n or len(encoder_layers(backbone))
-    layers = [m] if cfg.strategy in ("single", "direct") else list(range(1, m + 1))
+    layers = [m] if cfg.strategy in ("single", "direct", "headprune", "theseus") else list(range(1, m + 1))
     torch.manual_seed(cfg.seed)  # exits' initialisation depends on the seed only
     return MultiExitModel(backbone, num_labels, layers, cfg.exit, cfg.d_e, cfg.heads, cfg.dropout,
                           depth=n).to(device())

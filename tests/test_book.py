@@ -14,7 +14,7 @@ CHAPTERS = {  # notebook -> what its page must show
     "00_summary": {"images": 0, "tables": 0, "paper": ["arXiv 2602.03563", "Scope of this build"], "caption": False},
     "01_pilot_angles": {"images": 2, "tables": 3, "paper": [paper.numbers()["pilot"]["ce"]["mean"],
                                                              paper.numbers()["pilot"]["ce+scl"]["mean"]]},
-    "02_table1": {"images": 0, "tables": 2, "paper": [paper.table1("BERT", "ACL")["rte"],
+    "02_table1": {"images": 2, "tables": 2, "paper": [paper.table1("BERT", "ACL")["rte"], paper.table1("HeadPrune")["rte"],
                                                        paper.table1("TinyBERT (6L)")["rte"]]},
     "03_layer_curves": {"images": 1, "tables": 1, "paper": []},
     "04_table2_ablation": {"images": 0, "tables": 2, "paper": [paper.table2("- CE+SCL")["rte"]]},

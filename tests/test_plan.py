@@ -9,7 +9,10 @@ from acllib.config import LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS
 
 def test_chapters_runs_at_smoke():
     p = plan.table1("smoke")
-    assert len(p.runs) == 5 * len(p.tasks) * len(p.seeds)
+    assert len(p.runs) == 7 * len(p.tasks) * len(p.seeds)  # 5 rows + head pruning + Theseus
+    compress = [c for c in p.configs() if c.strategy in ("headprune", "theseus")]
+    ce = {c.hash for k, c in p.runs.items() if k[1] == "CE"}
+    assert len(compress) == 2 * len(p.tasks) * len(p.seeds) and {c.stage1().hash for c in compress} == ce
     lc = plan.layer_curves("smoke")
     assert len(lc.part("curve")) == len(LAYER_CURVE_METHODS) * len(lc.panels) * len(lc.seeds)
     assert len(lc.part("variant")) == len(LAYER_CURVE_VARIANTS) * len(lc.extra["variant_seeds"])
@@ -32,7 +35,7 @@ def test_a_run_many_chapters_share_counts_once():
     for cfgs in whole.values():
         seen = set()
         for c in cfgs:
-            if c.strategy == "2st":
+            if c.strategy in ("2st", "headprune", "theseus"):
                 assert c.stage1().hash in seen or any(c.stage1().hash in {x.hash for x in o} for o in whole.values())
             seen.add(c.hash)
 
