@@ -8,7 +8,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 PROFILE ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test book notebook lab bench clean-cache
+.PHONY: setup test browser book notebook lab bench clean-cache
 
 setup: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name acl-repro --display-name "Python (acl-repro)" >/dev/null
 	touch $(STAMP)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
+
+# The JupyterLab browser test drives Debian's Chromium (Playwright's own browsers download from a CDN
+# this machine does not reach): installed here when missing and we are root, else say how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$ACL_CHROMIUM" ] || \
+	  { [ "$$(id -u)" = 0 ] && { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  { echo "the browser test needs Chromium: apt-get install chromium (as root), or set ACL_CHROMIUM=/path/to/chromium"; exit 1; }
 
 # RAY_ADDRESS=local|auto|HOST:PORT: train the missing runs on Ray first (python -m acllib sweep), then build warm.
 book: setup
@@ -34,10 +42,12 @@ notebook: setup
 	$(PY) book/build.py --profile $(PROFILE) --only $(NB) --no-build
 
 # Containers (and this project's machines) run as root, where JupyterLab refuses to start without
-# --allow-root. LAB_ARGS passes more, e.g. LAB_ARGS="--no-browser --port 8899".
+# --allow-root. LAB_ARGS passes more, e.g. LAB_ARGS="--no-browser --port 8899"; LAB_DIR serves
+# another folder (the tests serve a copy, so a browser's autosave never writes into notebooks/).
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_DIR ?= notebooks
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks --ip 127.0.0.1 $(LAB_ROOT) $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab $(LAB_DIR) --ip 127.0.0.1 $(LAB_ROOT) $(LAB_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench.py

@@ -43,17 +43,28 @@ class LocalIPCKernelManager(AsyncKernelManager):
         return str(Path(folder) / "kernel")
 
 
+def runs_to_train(name: str, profile: str) -> int | None:
+    """How many of a chapter's planned runs (acllib.plan, stage 1s included) are not in the cache;
+    None for a chapter that plans none."""
+    from acllib import plan, runs
+    if name not in plan.CHAPTERS:
+        return None
+    return sum(runs.load_result(c) is None for c in plan.book_plan(profile, [name])[name])
+
+
 class RunCounter:
     """What a chapter is doing, in place of papermill's cell counter: the runs it has finished
-    (result files written to the cache) and the time per run, refreshed every few seconds."""
+    (result files written to the cache) of the runs it still needs (from the plan), the time per
+    run and an ETA, refreshed every few seconds."""
 
-    def __init__(self, chapter: str, every: float = 5.0):
+    def __init__(self, chapter: str, every: float = 5.0, total: int | None = None):
         import threading
         from tqdm import tqdm
         from acllib import store
         self.runs = store.cache_dir("runs")
         self.before = self._count()
-        self.bar = tqdm(desc=f"{chapter}: runs trained", unit="run", mininterval=every, dynamic_ncols=True)
+        self.bar = tqdm(desc=f"{chapter}: runs trained", unit="run", mininterval=every, dynamic_ncols=True,
+                        total=total or None)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, args=(every,), daemon=True)
 
@@ -110,7 +121,7 @@ def execute(name: str, profile: str, executed: Path) -> float:
     ledger.write_text("")
     os.environ["ACL_RUN_LEDGER"] = str(ledger)
     try:
-        with RunCounter(name):
+        with RunCounter(name, total=runs_to_train(name, profile)):
             papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp), kernel_name="acl-repro",
                                        parameters={"profile": profile, "progress": False},
                                        cwd=str(NOTEBOOKS), progress_bar=False,

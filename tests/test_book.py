@@ -129,6 +129,21 @@ def test_the_build_log_carries_no_kernel_transport_noise(built_book):
     assert "without encryption" not in log
 
 
+def test_the_build_shows_each_chapters_runs_done_of_runs_needed(built_book, cache):
+    """book/build.py's counter takes its total from the plan (the chapter's planned runs not yet in
+    the cache): every bar with a total ends at it ("k/k"), and the totals add up to the runs the
+    build trained; chapters that plan no runs show no total."""
+    import json
+    log = (built_book.parents[1] / "build.log").read_text().replace("\r", "\n")
+    totals = {}
+    for name, k, n in re.findall(r"(\d\d_\w+): runs trained: +\d+%\|[^|]*\| *(\d+)/(\d+)", log):
+        totals[name] = (int(k), int(n))
+    assert totals and all(k == n for k, n in totals.values()), totals
+    trained = json.loads((cache / "book" / "smoke" / "builds.json").read_text())[-1]["runs_trained"]
+    assert sum(n for _, n in totals.values()) == trained
+    assert "08_claims" not in totals and "00_summary" not in totals
+
+
 def test_landing_page_counts_are_the_claims_tables(built_book):
     """The summary on the landing page is computed from the claims, not typed: its counts are
     claims.csv's, and every decided row links to its chapter."""
