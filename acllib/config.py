@@ -18,6 +18,13 @@ STRATEGIES = ("single", "direct", "2st", "jt", "alt", "headprune", "theseus")
 # Strategies that start from a finished full fine-tune (RunConfig.stage1): 2ST's stage 2, and the
 # compression baselines run on the CE model (head_pruning, theseus)
 AFTER_STAGE1 = ("2st", "headprune", "theseus")
+# The compression baselines' own settings (head_pruning and theseus read them from here). They enter
+# those runs' hashes only, so changing one re-runs them and no other run; "version" counts the
+# changes of their code that change results (theseus 2: dropout on in training, one draw per update).
+COMPRESSION_SETTINGS = {
+    "headprune": {"version": 1, "importance_examples": 512, "path_step": 0.2, "flops_seq_len": 128},
+    "theseus": {"version": 2, "initial_rate": 0.3, "replacing_share": 0.5},
+}
 # Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)
 METHODS = {"ce": ("none", False), "ce+scl": ("scl", False),
            "acl-embed": ("acl-embed", False), "acl": ("acl-embed", True)}
@@ -89,7 +96,8 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
-        blob = json.dumps({**self.to_dict(), "results_version": RESULTS_VERSION}, sort_keys=True)
+        extra = {"compression": COMPRESSION_SETTINGS[self.strategy]} if self.strategy in COMPRESSION_SETTINGS else {}
+        blob = json.dumps({**self.to_dict(), "results_version": RESULTS_VERSION, **extra}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage1(self) -> "RunConfig":

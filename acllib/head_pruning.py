@@ -22,12 +22,13 @@ from torch import nn
 
 from . import data as gdata
 from . import paper, train
-from .config import RunConfig
+from .config import COMPRESSION_SETTINGS, RunConfig
 from .models import encoder_layers
 
-IMPORTANCE_EXAMPLES = 512  # training examples the importance is estimated on (a seeded subset: the budget)
-PATH_STEP = 0.2            # the pruning path: every 20% of the heads (the paper's figure steps 10%)
-SEQ_LEN = 128              # FLOPs are counted for one example of this length, as Table 1's
+_S = COMPRESSION_SETTINGS["headprune"]  # in the run's hash
+IMPORTANCE_EXAMPLES = _S["importance_examples"]  # training examples the importance is estimated on (a seeded subset: the budget)
+PATH_STEP = _S["path_step"]                      # the pruning path: every 20% of the heads (the paper's figure steps 10%)
+SEQ_LEN = _S["flops_seq_len"]                    # FLOPs are counted for one example of this length, as Table 1's
 
 
 def target_flops_ratio() -> float:

@@ -121,7 +121,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
     """Run the plan's missing runs on Ray. address: "local" starts a Ray instance on this machine
     (bound to 127.0.0.1, `workers` CPUs, default all) and stops it after; "auto" or HOST:PORT joins a
     running cluster. Each run takes one GPU where the cluster has GPUs, `threads` CPUs otherwise.
-    configs: run these instead of the plan's (each 2st run's stage 1 among them or cached).
+    configs: run these instead of the plan's (the stage 1 of each 2st, headprune or theseus run among them or cached).
     Returns counts: trained here, skipped (claimed by another sweep), failed."""
     import ray
     from tqdm import tqdm

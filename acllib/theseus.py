@@ -4,8 +4,9 @@ row run on our own backbone.
 The predecessor is the fine-tuned CE model; the successor has half its layers. Successor module i
 stands for predecessor layers 2i and 2i+1 and starts as a copy of predecessor layer i (the first n
 layers, as the authors' code does; their paper found the top or interleaved layers worse). In every
-forward pass each module is replaced by its successor with probability p, drawn once per batch and
-module. Only the successor layers train: the embeddings, the predecessor's layers and its exit stay
+update each module is replaced by its successor with probability p, drawn once per optimizer step
+and module (all micro-batches of one update share the draw). The whole Theseus trains in train mode
+(dropout on), predecessor layers included, as the authors' model.train() does. Only the successor layers train: the embeddings, the predecessor's layers and its exit stay
 frozen (the paper's sec. 3.1; the authors' optimizer holds the successor layers only, also after
 p reaches 1). p follows their linear curriculum p(t) = min(1, b + k t), with k set so that p reaches 1
 after REPLACING_SHARE of the run's steps; the rest of the run trains the successor alone, as their
@@ -25,11 +26,12 @@ from torch import nn
 
 from . import data as gdata
 from . import train
-from .config import RunConfig
+from .config import COMPRESSION_SETTINGS, RunConfig
 from .models import MultiExitModel, encoder_layers, set_encoder_layers
 
-INITIAL_RATE = 0.3     # b: Xu et al.'s GLUE grid is {0.1, 0.3}
-REPLACING_SHARE = 0.5  # p reaches 1 after this share of the steps (their grid: 1,000-30,000 steps)
+_S = COMPRESSION_SETTINGS["theseus"]  # in the run's hash
+INITIAL_RATE = _S["initial_rate"]        # b: Xu et al.'s GLUE grid is {0.1, 0.3}
+REPLACING_SHARE = _S["replacing_share"]  # p reaches 1 after this share of the steps (their grid: 1,000-30,000 steps)
 
 
 def replacement_rate(step: int, total_steps: int, b: float = INITIAL_RATE, share: float = REPLACING_SHARE) -> float:
@@ -106,18 +108,16 @@ def compress(cfg: RunConfig, model: MultiExitModel, td: train.TaskData, progress
     theseus = Theseus(model)
     n = len(theseus.successor)
     batch_size = train.update_batch_size(cfg, len(td.train))
-    calls_per_update = math.ceil(batch_size / cfg.micro_batch_size)
     total_steps = cfg.epochs * math.ceil(len(td.train) / batch_size)
     rng = np.random.default_rng([cfg.seed, 2020])
-    calls, schedule = [0], []
+    schedule, replaced = [], []
+
+    def before_update(step: int) -> None:  # one draw per optimizer step, shared by its micro-batches
+        p = replacement_rate(step, total_steps)
+        replaced[:] = draw(rng, p, n)
+        schedule.append({"step": step, "p": p, "replaced": int(sum(replaced))})
 
     def objective(batch, epoch: int) -> train.Loss:
-        step = calls[0] // calls_per_update
-        p = replacement_rate(step, total_steps)
-        replaced = draw(rng, p, n)
-        if calls[0] % calls_per_update == 0:
-            schedule.append({"step": step, "p": p, "replaced": int(sum(replaced))})
-        calls[0] += 1
         return train.Loss(F.cross_entropy(theseus.logits(batch, replaced).float(), batch["labels"]))
 
     def evaluate():
@@ -127,8 +127,9 @@ def compress(cfg: RunConfig, model: MultiExitModel, td: train.TaskData, progress
     named = [(f"successor.{k}", p) for k, p in theseus.successor.named_parameters()]
     torch.manual_seed(cfg.seed)
     log = train.fit(cfg, named_params=named, n_train=len(td.train), get_batch=train.BatchGetter(td.train, td.pad_id),
-                    objective=objective, set_train_mode=model.train, evaluate=evaluate, epochs=cfg.epochs,
-                    lr=cfg.lr, acl_grad=False, log_angles=False, desc=f"{cfg.task} theseus", progress=progress)
+                    objective=objective, set_train_mode=theseus.train, evaluate=evaluate, epochs=cfg.epochs,
+                    lr=cfg.lr, acl_grad=False, log_angles=False, desc=f"{cfg.task} theseus", progress=progress,
+                    before_update=before_update)
     return theseus, log, schedule, total_steps
 
 

@@ -224,10 +224,11 @@ class FitLog:
 
 def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set_train_mode,
         evaluate, epochs: int, lr: float, acl_grad: bool, log_angles: bool, desc: str,
-        progress: bool, clip_groups=None) -> FitLog:
+        progress: bool, clip_groups=None, before_update=None) -> FitLog:
     """The training loop shared by every strategy and stage.
 
     clip_groups: parameter groups whose gradient norms are clipped separately (default: one group).
+    before_update: called with the optimizer step (0, 1, ...) before that update's micro-batches.
     """
     params = [p for _, p in named_params]
     clip_groups = clip_groups or [params]
@@ -245,6 +246,8 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
         batches = gdata.train_batches(lengths, batch_size, rng, cfg.batches, cfg.batch_window)
         bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for idx in bar:
+            if before_update is not None:
+                before_update(step)
             chunks = [idx[i:i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
             for chunk in chunks:
                 batch = get_batch(chunk)

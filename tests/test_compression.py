@@ -154,12 +154,41 @@ def test_successor_at_rate_one_runs_only_its_own_layers():
     assert successor.exit_layers == [2] and len(encoder_layers(successor.backbone)) == 2
 
 
-def test_theseus_trains_the_successor_only_and_its_run(cache):
-    cfg = make_config("smoke", "rte", strategy="theseus", seed=1)
+def test_theseus_trains_the_successor_only_and_its_run(cache, monkeypatch):
+    # micro-batches of 4: several forward passes per update, which must share one draw
+    cfg = make_config("smoke", "rte", strategy="theseus", seed=1, micro_batch_size=4)
     model = runs.load_model(cfg.stage1())
+    assert not model.training  # load_model gives eval mode: compress must switch training on itself
     before = {k: v.clone() for k, v in model.state_dict().items()}
     td = train.load_task_data(cfg.stage1(), runs.load_tokenizer(cfg.backbone))
+    events, real_draw, real_logits = [], theseus.draw, theseus.Theseus.logits
+
+    def draw(rng, p, n):
+        events.append(("draw", real_draw(rng, p, n)))
+        return events[-1][1]
+
+    def logits(self, batch, replaced):
+        events.append(("call", list(replaced), all(m.training for m in self.modules())))
+        return real_logits(self, batch, replaced)
+
+    monkeypatch.setattr(theseus, "draw", draw)
+    monkeypatch.setattr(theseus.Theseus, "logits", logits)
     t, log, schedule, total = theseus.compress(cfg, model, td, progress=False)
+    monkeypatch.undo()
+    updates = cfg.epochs * -(-len(td.train) // train.update_batch_size(cfg, len(td.train)))
+    assert total == updates and [s["step"] for s in schedule] == list(range(total))
+    draws = [e for e in events if e[0] == "draw"]
+    calls = [e for e in events if e[0] == "call"]
+    assert len(draws) == total and len(calls) > total
+    last = None
+    for e in events:  # every forward pass uses its update's draw, in train mode (dropout on)
+        if e[0] == "draw":
+            last = e[1]
+        else:
+            assert e[1] == last and e[2]
+    b, half = theseus.INITIAL_RATE, theseus.REPLACING_SHARE * total  # p(t) = min(1, b + (1 - b) t / half)
+    assert [s["p"] for s in schedule] == pytest.approx([min(1.0, b + (1 - b) * t_ / half) for t_ in range(total)])
+    assert [s["replaced"] for s in schedule] == [sum(d[1]) for d in draws]
     frozen = {k: v for k, v in t.model.state_dict().items() if k in before and not k.startswith("backbone.encoder.")}
     assert frozen and all(torch.equal(v, before[k]) for k, v in frozen.items())  # embeddings, exit
     for i, layer in enumerate(t.predecessor):
@@ -167,21 +196,38 @@ def test_theseus_trains_the_successor_only_and_its_run(cache):
     moved = [not torch.equal(v, before[f"backbone.encoder.layer.{i}.{k}"])
              for i, layer in enumerate(t.successor) for k, v in layer.state_dict().items()]
     assert any(moved)
-    assert [s["p"] for s in schedule] == [theseus.replacement_rate(s["step"], total) for s in schedule]
     assert schedule[-1]["p"] == 1.0 and all(s["replaced"] == 2 for s in schedule if s["p"] == 1.0)
     r = runs.run(cfg, progress=False)
     assert set(r["score"]) == {"2"} and r["stage1_hash"] == cfg.stage1().hash
 
 
+def test_compression_settings_enter_only_their_runs_hashes(monkeypatch):
+    from acllib import config
+    cfgs = {s: make_config("smoke", "rte", strategy=s, seed=1) for s in ("single", "2st", "headprune", "theseus")}
+    hashes = {s: c.hash for s, c in cfgs.items()}
+    monkeypatch.setitem(config.COMPRESSION_SETTINGS, "theseus", {**config.COMPRESSION_SETTINGS["theseus"], "initial_rate": 0.1})
+    assert {s: c.hash for s, c in cfgs.items()} == {**hashes, "theseus": cfgs["theseus"].hash}
+    assert cfgs["theseus"].hash != hashes["theseus"]
+
+
 def test_headprune_run(cache):
-    hp = runs.run(make_config("smoke", "rte", strategy="headprune", seed=1), progress=False)
+    cfg = make_config("smoke", "rte", strategy="headprune", seed=1)
+    hp = runs.run(cfg, progress=False)
     ratios = [p["flops_ratio"] for p in hp["path"]]
     assert ratios[0] == 1.0 and all(a > b for a, b in zip(ratios, ratios[1:]))
+    # the unpruned point is the CE model it starts from
+    assert hp["path"][0]["final"] == runs.load_result(cfg.stage1())["final"]
     target = hp["target"]
-    assert target["flops_ratio"] <= hp["target_flops_ratio"]
-    fewer = [p for p in hp["path"] if p["heads_pruned"] == target["heads_pruned"] - 1]
-    if fewer:  # the target is the first model at or under the ratio
-        assert fewer[0]["flops_ratio"] > hp["target_flops_ratio"]
+    assert target["flops_ratio"] <= hp["target_flops_ratio"] == pytest.approx(4.7 / 6.6, abs=0.01)
     assert sum(target["heads_per_layer"]) == 8 - target["heads_pruned"]
-    assert hp["forward_flops"]["flops"] == pytest.approx(target["flops"])
-    assert runs.load_result(make_config("smoke", "rte", strategy="headprune", seed=1)) is not None
+    # re-prune a fresh copy of the CE model along the stored order: the target is the first model
+    # at or under the ratio, and it has the stored FLOPs
+    model = runs.load_model(cfg.stage1())
+    full = analysis.count_forward_flops(model, head_pruning.SEQ_LEN)
+    k = target["heads_pruned"]
+    for layer, head in hp["order"][:k - 1]:
+        head_pruning.prune_heads(model.backbone, {layer: [head]})
+    assert analysis.count_forward_flops(model, head_pruning.SEQ_LEN) > hp["target_flops_ratio"] * full
+    head_pruning.prune_heads(model.backbone, {hp["order"][k - 1][0]: [hp["order"][k - 1][1]]})
+    assert analysis.count_forward_flops(model, head_pruning.SEQ_LEN) == pytest.approx(target["flops"])
+    assert runs.load_result(cfg) is not None
