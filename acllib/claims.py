@@ -2,8 +2,9 @@
 
 Each `Claim` names what it compares (the chapter file, the rows, the pairing unit), its kind and
 direction, and for an equivalence its margin. `judge(profile)` reads the chapters' per-seed results
-under data_cache/book/<profile>/, tests every claim per task, and gives the whole table one
-family-wise error rate (Holm, `stats.family_verdicts`). Beside each verdict: the smallest effect the
+under data_cache/book/<profile>/, tests every claim per task, and gives the paper's claims one
+family-wise error rate (Holm, `stats.family_verdicts`); comparisons of ours that the paper's text
+does not make (`exploratory`) form a Holm family of their own. Beside each verdict: the smallest effect the
 seeds could detect with 80% power, the paper's own effect and the seeds it would need, and the
 share of leave-one-seed-out subsets that keep the verdict.
 
@@ -56,6 +57,9 @@ class Claim:
     paper_effect: Callable[[str], float] | None = None  # task -> the paper's own a - b, where it gives one
     filter: dict = field(default_factory=dict)          # column -> value, applied before pairing
     learned_check: str = "mean"  # mean: both rows' means clear the majority; exits: every exit does; none
+    # a comparison of ours that the paper's text does not make (read off its tables): judged in a
+    # Holm family of its own, so it neither dilutes nor borrows the paper's claims' error control
+    exploratory: bool = False
 
 
 def _t1(model, method="-"):
@@ -107,7 +111,7 @@ def book_claims() -> list[Claim]:
         claims.append(Claim(cid, f"ACL-CL's half-depth exit beats {label} at equal or lower FLOPs", "02_table1", "difference",
                             f"not claimed in the text; in Table 1 ACL-BERT-6L ({acl6['flops_g']}G) is higher than {row} "
                             f"({quoted['flops_g']}G) on {higher} of {len(cols)} columns", a="ACL-CL exit", b=label, key="row",
-                            paper_effect=_t1_diff(("ACL-BERT-6L", "ACL-CL"), (row, "-"))))
+                            paper_effect=_t1_diff(("ACL-BERT-6L", "ACL-CL"), (row, "-")), exploratory=True))
     claims.append(Claim("t1-tinybert", "ACL-RoBERTa-6L matches or beats TinyBERT", "02_table1", "not_testable",
                         "at least as high on 5 of 7 columns (Table 1)", a="no RoBERTa or TinyBERT weights load offline"))
     for base in ("JT", "JT-MHA", "ALT", "ALT-MHA", "2ST-linear", "2ST-MHA", "2ST-MHA+KD"):
@@ -441,11 +445,16 @@ def judge(profile: str, claims: list[Claim] | None = None, alpha: float = ALPHA)
     claims = book_claims() if claims is None else claims
     cases, missing = _cases(profile, claims)
     tests = [case.test(case.seeds) if case.learned else {"kind": "not_testable"} for case in cases]
-    verdicts = stats.family_verdicts(tests, alpha)
-    m = max(1, sum(not np.isnan(v["p"]) for v in verdicts))
+    verdicts, family_size = [None] * len(tests), [1] * len(tests)
+    for exploratory in (False, True):  # two Holm families: the paper's claims, and our own comparisons
+        idx = [i for i, case in enumerate(cases) if case.claim.exploratory == exploratory]
+        fam = stats.family_verdicts([tests[i] for i in idx], alpha)
+        size = max(1, sum(not np.isnan(v["p"]) for v in fam))
+        for i, v in zip(idx, fam):
+            verdicts[i], family_size[i] = v, size
     alone = [stats.family_verdicts([t], alpha)[0]["verdict"] for t in tests]  # each row at alpha, uncorrected
     rows = []
-    for case, t, v, uncorrected in zip(cases, tests, verdicts, alone):
+    for case, t, v, uncorrected, m in zip(cases, tests, verdicts, alone, family_size):
         c = case.claim
         verdict = v["verdict"]
         # power at the row's Holm level (the family size for rows left out), as its verdict is taken
@@ -467,6 +476,7 @@ def judge(profile: str, claims: list[Claim] | None = None, alpha: float = ALPHA)
             stable = float(np.mean([loso_judge([s for s in case.seeds if s != drop]) == full for drop in case.seeds]))
         rows.append({
             "id": c.id, "claim": c.text, "task": case.task, "chapter": c.chapter, "kind": c.kind,
+            "family": "exploratory (ours)" if c.exploratory else "the paper's claims",
             "paper": c.paper_says, "ours": case.estimate(case.seeds) if c.kind != "not_testable" else c.a,
             "seeds": len(case.seeds), "p": v["p"], "p (Holm)": v["p_adj"], "verdict": verdict,
             "verdict without correction": uncorrected if case.learned or c.kind == "not_testable" else DIDNT_LEARN,
@@ -477,5 +487,7 @@ def judge(profile: str, claims: list[Claim] | None = None, alpha: float = ALPHA)
     return pd.DataFrame(rows), missing
 
 
-def counts(table: pd.DataFrame, column: str = "verdict") -> dict[str, int]:
-    return table[column].value_counts().to_dict()
+def counts(table: pd.DataFrame, column: str = "verdict", exploratory: bool = False) -> dict[str, int]:
+    """Verdict tallies of one family: the paper's claims (default) or our exploratory comparisons."""
+    fam = table["family"] == ("exploratory (ours)" if exploratory else "the paper's claims")
+    return table.loc[fam, column].value_counts().to_dict()

@@ -169,6 +169,14 @@ def run_flops(cfg: RunConfig) -> dict:
             "examples_x_epochs": examples, "tokens_source": tt.source}
 
 
+def training_examples(cfg: RunConfig) -> int:
+    """Training examples x epochs a row of results took, its stage 1 included (2st, headprune,
+    theseus start from a finished full fine-tune): what a table shows beside each row's score."""
+    from .config import AFTER_STAGE1
+    own = run_flops(cfg)["examples_x_epochs"]
+    return own + (run_flops(cfg.stage1())["examples_x_epochs"] if cfg.strategy in AFTER_STAGE1 else 0)
+
+
 def ce_step_seconds(repeats: int = 5) -> float:
     """Seconds per CE training step of the cpu profile's model on one median-length RTE batch of 32
     (bench.py's ce_bf16_step_s, fewer repeats): this machine's speed varies by up to 2x between days,

@@ -169,3 +169,22 @@ def test_pilot_share_is_an_equivalence_and_the_band_a_share_of_batches(book):
     table, _ = claims.judge("smoke")
     assert _row(table, "pilot-band-CE").verdict == stats.SUPPORTED  # ~100% of N(90, 3) inside 75-105
     assert _row(table, "pilot-share").verdict == stats.SUPPORTED
+
+
+def test_exploratory_comparisons_form_their_own_holm_family(book):
+    t = _table1(3.0, 0.3)
+    rng = np.random.default_rng(7)
+    half = t[t.row == "ACL-CL exit 3 (as ACL-BERT-6L)"].set_index("seed")["score"]
+    extra = [{"row": row, "task": "sst2", "seed": s, "score": half[s] - d + rng.normal(0, 0.3)}
+             for row, d in (("head pruning (as HeadPrune)", 5.0), ("BERT-of-Theseus 3 layers", 0.5)) for s in half.index]
+    book("02_table1", "per_seed.csv", pd.concat([t, pd.DataFrame(extra)]))
+    table, _ = claims.judge("smoke")
+    assert set(table[table.family == "exploratory (ours)"].id) == {"t1-headprune", "t1-theseus"}
+    for family in table.family.unique():  # Holm by hand within each family: the smallest p times its size
+        tested = table[(table.family == family) & table.p.notna()]
+        p = np.sort(tested.p.values)
+        assert tested["p (Holm)"].min() == pytest.approx(min(1.0, p[0] * len(p)))
+    assert _row(table, "t1-headprune").verdict == stats.SUPPORTED
+    paper_only = claims.counts(table)
+    assert sum(paper_only.values()) == (table.family == "the paper's claims").sum()
+    assert sum(claims.counts(table, exploratory=True).values()) == 2
