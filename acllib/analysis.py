@@ -51,24 +51,15 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
     return angles
 
 
-def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
-    """What a linear classifier can read from each layer of the fine-tuned model of `cfg` (a single
-    run) with its parameters fixed: scikit-learn's logistic regression, fit on the training split's
-    layer states ([CLS] or mean over tokens, standardised), scored on the dev split with the task's
-    headline metric. An independent reference for linear exits trained on the same frozen states.
-    Cached in data_cache/analysis/<hash>-probe-<poolings>.json."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    path = store.cache_dir("analysis") / f"{cfg.hash}-probe-{'-'.join(poolings)}.json"
-    if path.exists():
-        return store.read_json(path)["scores"]
+def _layer_states(cfg: RunConfig, poolings) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """The frozen model of `cfg` (a single run): its train and dev layer states per pooling
+    ({pooling: [layers, n, hidden]}, "cls" or "mean" over tokens) and their labels."""
     model = runs.load_model(cfg)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     split = next(iter(td.evals))
 
     @torch.no_grad()
-    def states(data):  # {pooling: [layers, n, hidden]}
+    def states(data):
         out = {p: np.zeros((model.num_layers, len(data), model.backbone.config.hidden_size), np.float32) for p in poolings}
         for idx in gdata.length_grouped_batches(data.lengths, train.EVAL_BATCH, None):
             batch = {k: v.to(train.device()) for k, v in gdata.collate(data, idx, td.pad_id).items()}
@@ -83,18 +74,62 @@ def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
                     out["mean"][layer - 1, idx] = ((h * m).sum(1) / m.sum(1)).cpu().numpy()
         return out
 
-    x_train, x_dev = states(td.train), states(td.evals[split])
-    y_train, y_dev = td.train.labels.numpy(), td.evals[split].labels.numpy()
+    return states(td.train), states(td.evals[split]), td.train.labels.numpy(), td.evals[split].labels.numpy()
+
+
+def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean"), unstandardised=("cls",)) -> list[dict]:
+    """What a linear classifier can read from each layer of the fine-tuned model of `cfg` (a single
+    run) with its parameters fixed: scikit-learn's logistic regression, fit on the training split's
+    layer states ([CLS] or mean over tokens, standardised; for the poolings in `unstandardised` also
+    as they are, which is what a linear exit sees), scored on the dev split with the task's headline
+    metric. An independent reference for linear exits trained on the same frozen states. Cached in
+    data_cache/analysis/<hash>-probe-<poolings>[-raw-<poolings>].json."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    raw = [p for p in poolings if p in unstandardised]
+    path = store.cache_dir("analysis") / (f"{cfg.hash}-probe-{'-'.join(poolings)}" + (f"-raw-{'-'.join(raw)}" if raw else "") + ".json")
+    if path.exists():
+        return store.read_json(path)["scores"]
+    x_train, x_dev, y_train, y_dev = _layer_states(cfg, poolings)
     scores = []
     for pooling in poolings:
-        for layer in range(1, model.num_layers + 1):
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-            clf.fit(x_train[pooling][layer - 1], y_train)
-            pred = clf.predict(x_dev[pooling][layer - 1])
-            scores.append({"pooling": pooling, "layer": layer,
-                           "score": train.score(cfg.task, y_dev, pred)[gdata.get_task(cfg.task).metrics[0]]})
+        for standardised in (True, False) if pooling in raw else (True,):
+            for layer in range(1, x_train[pooling].shape[0] + 1):
+                clf = LogisticRegression(max_iter=2000)
+                clf = make_pipeline(StandardScaler(), clf) if standardised else clf
+                clf.fit(x_train[pooling][layer - 1], y_train)
+                pred = clf.predict(x_dev[pooling][layer - 1])
+                scores.append({"pooling": pooling, "standardised": standardised, "layer": layer,
+                               "score": train.score(cfg.task, y_dev, pred)[gdata.get_task(cfg.task).metrics[0]]})
     store.write_json(path, {"config": cfg.to_dict(), "scores": scores})
     return scores
+
+
+def state_geometry(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
+    """Per layer and pooling, how much the training examples' states differ, against their common
+    part: the norm of the mean state, the mean distance of a state to that mean ("spread"), their
+    ratio, the share of the mean's squared norm in its largest dimension, and the distance between
+    the two class means (binary tasks) over the spread. A linear exit on states whose spread is a
+    tiny share of a large common vector sees almost the same input for every example.
+    Cached in data_cache/analysis/<hash>-geometry-<poolings>.json."""
+    path = store.cache_dir("analysis") / f"{cfg.hash}-geometry-{'-'.join(poolings)}.json"
+    if path.exists():
+        return store.read_json(path)["rows"]
+    x_train, _, y_train, _ = _layer_states(cfg, poolings)
+    rows = []
+    for pooling in poolings:
+        for layer, x in enumerate(x_train[pooling].astype(np.float64), start=1):  # x: [n, hidden]
+            mu = x.mean(0)
+            spread = float(np.linalg.norm(x - mu, axis=1).mean())
+            gap = (float(np.linalg.norm(x[y_train == 1].mean(0) - x[y_train == 0].mean(0)))
+                   if set(np.unique(y_train)) == {0, 1} else float("nan"))
+            rows.append({"pooling": pooling, "layer": layer, "mean norm": float(np.linalg.norm(mu)), "spread": spread,
+                         "spread / mean norm": spread / float(np.linalg.norm(mu)),
+                         "largest dimension's share of the mean": float((mu ** 2).max() / (mu ** 2).sum()),
+                         "class-mean gap / spread": gap / spread})
+    store.write_json(path, {"config": cfg.to_dict(), "rows": rows})
+    return rows
 
 
 def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) -> float:
