@@ -229,8 +229,8 @@ def book_plan(profile: str, chapters=None) -> dict[str, list[RunConfig]]:
 
 def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gpu: str = "V100-16GB",
                gpu_utilisation: float = 0.3):
-    """The plan of a profile as a table: per chapter (each run under the first chapter that needs it)
-    and in total, the runs, how many are already in the cache, training examples x epochs, training
+    """The plan of a profile as a table: per chapter and backbone (each run under the first chapter
+    that needs it), per backbone and in total, the runs, how many are already in the cache, training examples x epochs, training
     FLOPs, hours on this machine and GPU-hours on `gpu`. Hours here come from `flops_per_s` (this
     machine's measured training throughput, cost.machine_flops_per_s), scaled by how much longer
     than their training FLOPs predict this machine's cached full fine-tunes took, where there are any."""
@@ -250,12 +250,19 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
         for c, x, r in zip(cfgs, f, done):  # calibrate on full fine-tunes: their train_seconds are their training steps
             if r is not None and c.strategy not in AFTER_STAGE1 and r.get("train_seconds") and flops_per_s:
                 calib.append(r["train_seconds"] / (x["train"] / flops_per_s))
-        rows.append({"chapter": name, "runs": len(cfgs), "in the cache": sum(r is not None for r in done),
-                     "examples x epochs": sum(x["examples_x_epochs"] for x in f), "PFLOPs": sum(x["flops"] for x in f) / 1e15,
-                     "PFLOPs to run": sum(x["flops"] for x, r in zip(f, done) if r is None) / 1e15})
+        for b in _unique(c.backbone for c in cfgs) or [""]:
+            mine = [(x, r) for c, x, r in zip(cfgs, f, done) if c.backbone == b]
+            rows.append({"chapter": name, "backbone": b, "runs": len(mine), "in the cache": sum(r is not None for _, r in mine),
+                         "examples x epochs": sum(x["examples_x_epochs"] for x, _ in mine),
+                         "PFLOPs": sum(x["flops"] for x, _ in mine) / 1e15,
+                         "PFLOPs to run": sum(x["flops"] for x, r in mine if r is None) / 1e15})
     table = pd.DataFrame(rows)
-    total = table.drop(columns="chapter").sum()
-    table.loc[len(table)] = {"chapter": "total", **total.to_dict()}
+    backbones = [b for b in _unique(table.backbone) if b]  # "": a chapter without runs
+    totals = [{"chapter": "total", "backbone": b, **table[table.backbone == b].drop(columns=["chapter", "backbone"]).sum().to_dict()}
+              for b in backbones] if len(backbones) > 1 else []
+    totals.append({"chapter": "total", "backbone": "all" if len(backbones) > 1 else "".join(backbones),
+                   **table.drop(columns=["chapter", "backbone"]).sum().to_dict()})
+    table = pd.concat([table, pd.DataFrame(totals)], ignore_index=True)
     overhead = float(np.median(calib)) if calib else 1.0
     if flops_per_s:
         table["hours here"] = table["PFLOPs"] * 1e15 / flops_per_s * overhead / 3600

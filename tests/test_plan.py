@@ -4,7 +4,7 @@ import pytest
 
 from acllib import plan
 from acllib.__main__ import main
-from acllib.config import LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS
+from acllib.config import LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, make_config
 
 
 def test_chapters_runs_at_smoke():
@@ -71,3 +71,20 @@ def test_plan_command_names_bad_input(cache, capsys):
     assert "--gpu-utilisation must lie in (0, 1], got 2.0" in capsys.readouterr().err
     assert main(["plan", "--profile", "smoke", "--chapters", "99"]) == 2
     assert "unknown chapter '99'" in capsys.readouterr().err
+
+
+def test_cost_table_splits_chapters_by_backbone(monkeypatch):
+    from acllib import cost
+    cfgs = {"02_table1": [make_config("smoke", "rte", seed=s, backbone=b) for b in ("tiny", "tiny-roberta") for s in (1, 2)]
+            + [make_config("smoke", "rte", seed=3, backbone="tiny")],
+            "07_early_exit": []}
+    monkeypatch.setattr(plan, "book_plan", lambda profile, chapters=None: cfgs)
+    table, _ = plan.cost_table("smoke", flops_per_s=1e12)
+    rows = {(r.chapter, r.backbone): r for r in table.itertuples()}
+    assert rows["02_table1", "tiny"].runs == 3 and rows["02_table1", "tiny-roberta"].runs == 2
+    assert rows["07_early_exit", ""].runs == 0
+    assert rows["total", "tiny"].runs == 3 and rows["total", "all"].runs == 5
+    flops = {b: sum(cost.run_flops(c)["flops"] for c in cfgs["02_table1"] if c.backbone == b) / 1e15 for b in ("tiny", "tiny-roberta")}
+    for b, f in flops.items():
+        assert rows["02_table1", b].PFLOPs == pytest.approx(f) and rows["total", b].PFLOPs == pytest.approx(f)
+    assert rows["total", "all"].PFLOPs == pytest.approx(sum(flops.values()))
