@@ -263,6 +263,7 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
     totals.append({"chapter": "total", "backbone": "all" if len(backbones) > 1 else "".join(backbones),
                    **table.drop(columns=["chapter", "backbone"]).sum().to_dict()})
     table = pd.concat([table, pd.DataFrame(totals)], ignore_index=True)
+    table = table.astype({"runs": int, "in the cache": int, "examples x epochs": int})  # counts, not floats
     overhead = float(np.median(calib)) if calib else 1.0
     if flops_per_s:
         table["hours here"] = table["PFLOPs"] * 1e15 / flops_per_s * overhead / 3600
