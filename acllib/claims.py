@@ -441,7 +441,8 @@ def _underpowered(case: Case, power: dict) -> bool:
 
 def judge(profile: str, claims: list[Claim] | None = None, alpha: float = ALPHA) -> tuple[pd.DataFrame, list[dict]]:
     """The claims table of a built book: one row per claim and task, verdicts under Holm's
-    correction over every tested row. Returns (table, claims whose chapter has not run)."""
+    correction over the tested rows of their family (the paper's claims; our exploratory ones).
+    Returns (table, claims whose chapter has not run)."""
     claims = book_claims() if claims is None else claims
     cases, missing = _cases(profile, claims)
     tests = [case.test(case.seeds) if case.learned else {"kind": "not_testable"} for case in cases]

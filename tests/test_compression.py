@@ -205,9 +205,12 @@ def test_compression_settings_enter_only_their_runs_hashes(monkeypatch):
     from acllib import config
     cfgs = {s: make_config("smoke", "rte", strategy=s, seed=1) for s in ("single", "2st", "headprune", "theseus")}
     hashes = {s: c.hash for s, c in cfgs.items()}
-    monkeypatch.setitem(config.COMPRESSION_SETTINGS, "theseus", {**config.COMPRESSION_SETTINGS["theseus"], "initial_rate": 0.1})
-    assert {s: c.hash for s, c in cfgs.items()} == {**hashes, "theseus": cfgs["theseus"].hash}
-    assert cfgs["theseus"].hash != hashes["theseus"]
+    for strategy, setting, value in (("theseus", "initial_rate", 0.1), ("headprune", "importance_examples", 64)):
+        with monkeypatch.context() as m:
+            m.setitem(config.COMPRESSION_SETTINGS, strategy, {**config.COMPRESSION_SETTINGS[strategy], setting: value})
+            now = {s: c.hash for s, c in cfgs.items()}
+        assert now[strategy] != hashes[strategy]
+        assert {s: h for s, h in now.items() if s != strategy} == {s: h for s, h in hashes.items() if s != strategy}
 
 
 def test_headprune_run(cache):
