@@ -119,6 +119,12 @@ def test_math_is_served_from_the_build_not_a_cdn(built_book):
         assert not src.startswith(("http:", "https:", "//")), (p.name, src)
         assert (p.parent / src.split("?")[0]).exists(), (p.name, src)
     assert not any("cdn.jsdelivr.net/npm/mathjax" in html for html in pages.values())
+    import json
+    config = json.loads(re.search(r"MathJax\.Hub\.Config\((.*?)\)</script>", pages[loading[0]], re.S).group(1))
+    fonts = built_book / "mathjax" / "fonts" / "HTML-CSS"
+    assert config["HTML-CSS"]["availableFonts"] and config["HTML-CSS"]["preferredFont"] in config["HTML-CSS"]["availableFonts"]
+    for font in config["HTML-CSS"]["availableFonts"]:  # MathJax is told to use fonts the build serves
+        assert (fonts / font).is_dir(), font
 
 
 def test_the_build_log_carries_no_kernel_transport_noise(built_book):
