@@ -51,9 +51,21 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
     return angles
 
 
+_STATES: dict = {}  # the last model's layer states: the probe and the geometry read one pass
+
+
 def _layer_states(cfg: RunConfig, poolings) -> tuple[dict, dict, np.ndarray, np.ndarray]:
     """The frozen model of `cfg` (a single run): its train and dev layer states per pooling
-    ({pooling: [layers, n, hidden]}, "cls" or "mean" over tokens) and their labels."""
+    ({pooling: [layers, n, hidden]}, "cls" or "mean" over tokens) and their labels. The last
+    call's states are kept in memory, so the probe and the geometry of one model share one pass."""
+    key = (cfg.hash, tuple(poolings))
+    if key not in _STATES:
+        _STATES.clear()
+        _STATES[key] = _compute_layer_states(cfg, poolings)
+    return _STATES[key]
+
+
+def _compute_layer_states(cfg: RunConfig, poolings):
     model = runs.load_model(cfg)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     split = next(iter(td.evals))

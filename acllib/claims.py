@@ -4,8 +4,8 @@ Each `Claim` names what it compares (the chapter file, the rows, the pairing uni
 direction, and for an equivalence its margin. `judge(profile)` reads the chapters' per-seed results
 under data_cache/book/<profile>/, tests every claim per task, and gives the paper's claims one
 family-wise error rate (Holm, `stats.family_verdicts`); comparisons of ours that the paper's text
-does not make (`exploratory`) form a Holm family of their own. Beside each verdict: the smallest effect the
-seeds could detect with 80% power, the paper's own effect and the seeds it would need, and the
+does not make (`exploratory`) form a Holm family of their own. Beside each verdict: the smallest
+effect the seeds could detect with 80% power, the paper's own effect and the seeds it would need, and the
 share of leave-one-seed-out subsets that keep the verdict.
 
 Kinds:

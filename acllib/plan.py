@@ -230,8 +230,8 @@ def book_plan(profile: str, chapters=None) -> dict[str, list[RunConfig]]:
 def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gpu: str = "V100-16GB",
                gpu_utilisation: float = 0.3):
     """The plan of a profile as a table: per chapter and backbone (each run under the first chapter
-    that needs it), per backbone and in total, the runs, how many are already in the cache, training examples x epochs, training
-    FLOPs, hours on this machine and GPU-hours on `gpu`. Hours here come from `flops_per_s` (this
+    that needs it), per backbone and in total, the runs, how many are already in the cache, training
+    examples x epochs, training FLOPs, hours on this machine and GPU-hours on `gpu`. Hours here come from `flops_per_s` (this
     machine's measured training throughput, cost.machine_flops_per_s), scaled by how much longer
     than their training FLOPs predict this machine's cached full fine-tunes took, where there are any."""
     import pandas as pd

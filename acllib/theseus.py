@@ -5,9 +5,9 @@ The predecessor is the fine-tuned CE model; the successor has half its layers. S
 stands for predecessor layers 2i and 2i+1 and starts as a copy of predecessor layer i (the first n
 layers, as the authors' code does; their paper found the top or interleaved layers worse). In every
 update each module is replaced by its successor with probability p, drawn once per optimizer step
-and module (all micro-batches of one update share the draw). The whole Theseus trains in train mode
-(dropout on), predecessor layers included, as the authors' model.train() does. Only the successor layers train: the embeddings, the predecessor's layers and its exit stay
-frozen (the paper's sec. 3.1; the authors' optimizer holds the successor layers only, also after
+and module (all micro-batches of one update share the draw). The whole Theseus trains in train
+mode (dropout on), predecessor layers included, as the authors' model.train() does. Only the
+successor layers train: the embeddings, the predecessor's layers and its exit stay frozen (the paper's sec. 3.1; the authors' optimizer holds the successor layers only, also after
 p reaches 1). p follows their linear curriculum p(t) = min(1, b + k t), with k set so that p reaches 1
 after REPLACING_SHARE of the run's steps; the rest of the run trains the successor alone, as their
 scheduler merges the two stages. Evaluation, FLOPs and the result are the successor alone.

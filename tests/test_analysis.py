@@ -92,3 +92,14 @@ def test_state_geometry_and_probe_against_states_taken_one_by_one(cache):
         pred = LogisticRegression(max_iter=2000).fit(x_tr, y_train).predict(x_dv)
         # float32 batched states against float64 one-by-one: a few predictions near the boundary may differ
         assert abs(s["score"] - 100 * accuracy_score(y_dev, pred)) <= 100 * 3 / len(y_dev)
+
+
+def test_the_probe_and_the_geometry_of_one_model_share_one_pass(cache, monkeypatch):
+    cfg = make_config("smoke", "rte", seed=3, precision="fp32")
+    runs.run(cfg, progress=False)
+    passes = []
+    real = analysis._compute_layer_states
+    monkeypatch.setattr(analysis, "_compute_layer_states", lambda *a: passes.append(a) or real(*a))
+    analysis.linear_probe_scores(cfg)
+    analysis.state_geometry(cfg)
+    assert len(passes) == 1
