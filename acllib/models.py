@@ -1,6 +1,7 @@
 """Multi-exit encoders: any Hugging Face encoder with an exit (MHA or linear) on chosen layers."""
 from __future__ import annotations
 
+import copy
 import importlib.resources
 from dataclasses import dataclass
 from functools import lru_cache
@@ -148,11 +149,18 @@ def tiny_roberta_dir() -> Path:
 
 
 def load_tokenizer(backbone: str):
-    from transformers import AutoTokenizer
     if backbone == "tiny-roberta":
-        return AutoTokenizer.from_pretrained(str(tiny_roberta_dir()))
-    path = packaged_minilm_dir() if backbone in ("minilm", "tiny") else _resolve(backbone)
-    return AutoTokenizer.from_pretrained(str(path))
+        return _tokenizer(str(tiny_roberta_dir()))
+    return _tokenizer(str(packaged_minilm_dir() if backbone in ("minilm", "tiny") else _resolve(backbone)))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    """One tokenizer per folder and process: a book chapter runs dozens of runs in one kernel, and
+    loading it anew cost ~0.5 s a run. Every call passes its own truncation and padding, so sharing
+    it changes no encoding (tests/test_models.py)."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _resolve(backbone: str) -> str:
@@ -182,7 +190,7 @@ def _detach_pooler(model: nn.Module, pretrained: bool = True) -> nn.Module:
 def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
     """The pre-trained encoder, with its dropout set, its pooler detached (see _detach_pooler);
     'tiny' is randomly initialised."""
-    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
     drop = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if backbone == "tiny":
         torch.manual_seed(seed)
@@ -196,6 +204,22 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
                             eos_token_id=tok.eos_token_id, **TINY_ROBERTA, **drop)
         return _detach_pooler(use_fast_dropout(RobertaModel(cfg, add_pooling_layer=True)), pretrained=False)
     path = str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone)
+    # A copy of the checkpoint loaded once per process (plain version: _load_pretrained itself;
+    # tests/test_models.py checks they are equal): from_pretrained cost ~1 s a run on this CPU.
+    return copy.deepcopy(_pretrained(path, dropout))
+
+
+@lru_cache(maxsize=2)
+def _pretrained(path: str, dropout: float) -> nn.Module:
+    """The pre-trained encoder as load_backbone returns it, loaded once per (folder, dropout): a
+    template that callers copy, never train. Weights the checkpoint lacks (RoBERTa's pooler) are
+    not kept (_detach_pooler), so sharing the template shares no random initialisation."""
+    return _load_pretrained(path, dropout)
+
+
+def _load_pretrained(path: str, dropout: float) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+    drop = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     cfg = AutoConfig.from_pretrained(path)
     for key, value in drop.items():
         if hasattr(cfg, key):

@@ -237,3 +237,37 @@ def test_cls_attention_pool_backward_against_autograd_and_finite_differences():
     want = torch.autograd.grad((weight * ref).sum(), inputs[:-1])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def test_a_backbone_is_a_fresh_copy_of_the_checkpoint():
+    """load_backbone copies a template loaded once per process: the copy equals a plain load (with
+    the pre-trained pooler kept apart), and training one copy leaves the next untouched."""
+    from acllib import models
+    path = str(models.packaged_minilm_dir())
+    plain = models._load_pretrained(path, 0.1)
+    first = load_backbone("minilm", dropout=0.1)
+    ref = plain.state_dict()
+    assert first.state_dict().keys() == ref.keys()
+    assert all(torch.equal(v, ref[k]) for k, v in first.state_dict().items())
+    assert all(torch.equal(v, plain.pretrained_pooler[k]) for k, v in first.pretrained_pooler.items())
+    assert [type(m).__name__ for m in first.modules()] == [type(m).__name__ for m in plain.modules()]  # FastDropout in both
+    next(first.parameters()).data.add_(1.0)
+    first.pretrained_pooler["weight"].add_(1.0)
+    second = load_backbone("minilm", dropout=0.1)
+    assert all(torch.equal(v, ref[k]) for k, v in second.state_dict().items())
+    assert torch.equal(second.pretrained_pooler["weight"], plain.pretrained_pooler["weight"])
+    other = load_backbone("minilm", dropout=0.0)  # the dropout is part of the template's key
+    assert all(m.p == 0.0 for m in other.modules() if hasattr(m, "p") and isinstance(m.p, float))
+
+
+def test_the_shared_tokenizer_encodes_as_a_fresh_one():
+    from transformers import AutoTokenizer
+    from acllib import models
+    shared = models.load_tokenizer("minilm")
+    assert models.load_tokenizer("minilm") is shared
+    fresh = AutoTokenizer.from_pretrained(str(models.packaged_minilm_dir()))
+    a = ["a short premise", "a much longer premise that needs to be cut somewhere along the way"]
+    b = ["its hypothesis", "another hypothesis"]
+    for kwargs in (dict(truncation=True, max_length=8), dict(truncation=True, max_length=64), dict(padding=True)):
+        assert shared(a, b, **kwargs)["input_ids"] == fresh(a, b, **kwargs)["input_ids"]
+        assert shared(a, **kwargs)["input_ids"] == fresh(a, **kwargs)["input_ids"]
