@@ -75,11 +75,13 @@ def pilot(profile: str, tasks=None, seeds=None, backbones=None, overrides=None) 
     with its CE/ACL angle logged on every step."""
     (b,), tasks, seeds = _common(profile, "pilot", tasks, seeds, backbones, overrides=overrides)
     o = {**(overrides or {}), "backbone": b}
+    own = get_profile(profile).chapter("pilot", "task_seeds") or {}  # tasks the profile runs on fewer seeds
+    task_seeds = {t: [s for s in seeds if t not in own or s in own[t]] or seeds[:1] for t in tasks}
     runs = {("fine-tune", m, t, s): make_config(profile, t, method=m, seed=s, **o)
-            for m in ("ce", "ce+scl") for t in tasks for s in seeds}
+            for m in ("ce", "ce+scl") for t in tasks for s in task_seeds[t]}
     runs |= {("acl-embed", t, s): make_config(profile, t, method="acl-embed", log_angles=True, seed=s, **o)
-             for t in tasks for s in seeds}
-    return ChapterPlan("01_pilot_angles", profile, [b], tasks, seeds, runs)
+             for t in tasks for s in task_seeds[t]}
+    return ChapterPlan("01_pilot_angles", profile, [b], tasks, seeds, runs, {"task_seeds": task_seeds})
 
 
 def paper_family(backbone: str) -> str:
@@ -114,6 +116,13 @@ def table1(profile: str, tasks=None, seeds=None, backbones=None, overrides=None)
     return ChapterPlan("02_table1", profile, bs, tasks, seeds, runs)
 
 
+def method_seeds(profile: str, method: str, seeds) -> list[int]:
+    """The seeds a layer-curve method runs on: the chapter's, or the subset of them the profile
+    gives that method (cpu: JT and ALT with linear exits, whose shallow exits cannot learn there)."""
+    own = (get_profile(profile).chapter("layer_curves", "method_seeds") or {}).get(method)
+    return [s for s in seeds if own is None or s in own] or list(seeds)[:1]
+
+
 def layer_curves(profile: str, tasks=None, seeds=None, backbones=None, overrides=None, variant_seeds=None) -> ChapterPlan:
     """Figures 3-5: every multi-exit training method's exits, per panel (backbone, task): the paper
     draws RoBERTa on every task (Figs. 3-4) and BERT on RTE and MRPC (Fig. 5). The linear exit's
@@ -129,7 +138,7 @@ def layer_curves(profile: str, tasks=None, seeds=None, backbones=None, overrides
     variant_seeds = [s for s in (variant_seeds or prof.chapter("layer_variants", "seeds")) if s in seeds] or seeds[:1]
     o = overrides or {}
     runs = {("curve", m, b, t, s): make_config(profile, t, seed=s, **{**f, **o, "backbone": b})
-            for m, f in LAYER_CURVE_METHODS.items() for b, t in panels for s in seeds}
+            for m, f in LAYER_CURVE_METHODS.items() for b, t in panels for s in method_seeds(profile, m, seeds)}
     runs |= {("variant", m, b, t, s): make_config(profile, t, seed=s, **{**f, **o, "backbone": b})
              for m, f in LAYER_CURVE_VARIANTS.items() for b, t in panels[:1] for s in variant_seeds}
     return ChapterPlan("03_layer_curves", profile, _unique(b for b, _ in panels), _unique(t for _, t in panels),
@@ -181,7 +190,7 @@ def early_exit(profile: str, tasks=None, seeds=None, backbones=None, overrides=N
     (b,), tasks, seeds = _common(profile, "early_exit", tasks, seeds, backbones, overrides=overrides)
     o = {**(overrides or {}), "backbone": b}
     runs = {("model", m, s): make_config(profile, tasks[0], seed=s, **{**LAYER_CURVE_METHODS[m], **o})
-            for m in EARLY_EXIT_METHODS for s in seeds}
+            for m in EARLY_EXIT_METHODS for s in method_seeds(profile, m, seeds)}
     return ChapterPlan("07_early_exit", profile, [b], tasks[:1], seeds, runs)
 
 

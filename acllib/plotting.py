@@ -30,16 +30,17 @@ def setup() -> None:
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def caption(profile: str, backbone: str, seeds, extra: str = "", tasks=None) -> str:
+def caption(profile: str, backbone: str, seeds, extra: str = "", tasks=None, stage2: bool = True) -> str:
     """The caption under every figure and table saying what produced it: profile, backbone, seeds,
-    and for each of `tasks` its training examples and epochs (from the profile's configuration)."""
+    and for each of `tasks` its training examples and epochs (from the profile's configuration;
+    2ST's stage-2 epochs too unless `stage2` is False, for chapters that run no 2ST)."""
     text = f"Measured here: profile '{profile}', backbone '{backbone}', seeds {list(seeds)}"
     if tasks:
         from .config import make_config
         def data(t):
             cfg = make_config(profile, t, strategy="2st")  # a 2st config keeps the stage-2 fields (others reset them)
             size = f"{cfg.train_size:,}" if cfg.train_size else "all"
-            return f"{t.upper()}: {size} training examples, {cfg.epochs} epochs (stage 2 of 2ST: {cfg.stage2_epochs})"
+            return f"{t.upper()}: {size} training examples, {cfg.epochs} epochs" + (f" (stage 2 of 2ST: {cfg.stage2_epochs})" if stage2 else "")
         text += "; " + "; ".join(data(t) for t in tasks)
     return text + (f"; {extra}" if extra else "")
 

@@ -88,3 +88,24 @@ def test_cost_table_splits_chapters_by_backbone(monkeypatch):
     for b, f in flops.items():
         assert rows["02_table1", b].PFLOPs == pytest.approx(f) and rows["total", b].PFLOPs == pytest.approx(f)
     assert rows["total", "all"].PFLOPs == pytest.approx(sum(flops.values()))
+
+
+def test_the_cpu_profile_runs_some_methods_and_tasks_on_fewer_seeds():
+    """JT and ALT with linear exits on 4 seeds, the linear variants on 2, the pilot's RTE on 3; every
+    other method on all; and early exiting asks for exactly the layer curves' models."""
+    lc = plan.layer_curves("cpu")
+    seeds_of = {}
+    for (m, b, t, s) in lc.part("curve"):
+        seeds_of.setdefault(m, []).append(s)
+    assert seeds_of["JT"] == seeds_of["ALT"] == [1, 2, 3, 4]
+    assert all(seeds_of[m] == lc.seeds == list(range(1, 9)) for m in LAYER_CURVE_METHODS if m not in ("JT", "ALT"))
+    assert lc.extra["variant_seeds"] == [1, 2]
+    assert plan.method_seeds("cpu", "JT", [3, 5, 6]) == [3]  # a subset of the seeds asked for
+    assert plan.method_seeds("smoke", "JT", [1, 2]) == [1, 2]
+    ee = plan.early_exit("cpu")
+    assert {c.hash for c in ee.configs()} <= {c.hash for c in lc.configs()}
+    assert sorted(s for (m, s) in ee.part("model") if m == "JT") == [1, 2, 3, 4]
+    p = plan.pilot("cpu")
+    assert p.extra["task_seeds"] == {"sst2": [1, 2, 3, 4, 5], "rte": [1, 2, 3]}
+    assert sorted({s for (m, t, s) in p.part("fine-tune") if t == "rte"}) == [1, 2, 3]
+    assert sorted(s for (t, s) in p.part("acl-embed") if t == "sst2") == [1, 2, 3, 4, 5]
