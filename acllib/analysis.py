@@ -253,3 +253,49 @@ def tsne_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
     store.save_tensors(path, {"xy": torch.from_numpy(np.ascontiguousarray(xy))})
     return xy
+
+
+# ------------------------------------------------------------------------- the few-shot chapter
+def few_shot_per_seed(chapter, results: dict) -> "pd.DataFrame":
+    """One row per run of the few-shot plan (plan.few_shot): its method, training-set size (the
+    examples it trained on), the size's label ("smallest", "full" or the number), regime, seed,
+    headline score, epochs and optimizer updates."""
+    import pandas as pd
+    smallest = min(chapter.extra["sizes"])
+    rows = []
+    for (m, b, t, n, s), r in results.items():
+        cfg = chapter.runs["run", m, b, t, n, s]
+        size = r["n_train"]
+        rows.append({"backbone": b, "task": t, "method": m, "size": size,
+                     "size_label": "full" if n == "full" else ("smallest" if n == smallest else str(n)),
+                     "regime": "full" if n == "full" else "few-shot", "seed": s, "score": score_of(r),
+                     "metric": r["headline_metric"], "eval split": r["eval_split"], "epochs": cfg.epochs,
+                     "updates": cfg.epochs * -(-size // train.update_batch_size(cfg, size))})
+    return pd.DataFrame(rows)
+
+
+def mean_intervals(per_seed, by, value: str = "score", level: float = 0.95):
+    """Per group: seeds, mean, sample sd and the t interval of the mean (scipy.stats.t)."""
+    from scipy import stats as st
+    g = per_seed.groupby(by)[value]
+    out = g.agg(seeds="count", mean="mean", sd="std").reset_index()
+    half = st.t.ppf(0.5 + level / 2, (out.seeds - 1).clip(lower=1)) * out.sd / np.sqrt(out.seeds)
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+def paired_gains(per_seed, pairs, by=("backbone", "task", "size")):
+    """For each group and (a, b) in `pairs`: a - b paired by seed (stats.difference_test): pairs,
+    mean difference, its 95% t interval and p."""
+    import pandas as pd
+    from . import stats
+    rows = []
+    for key, d in per_seed.groupby(list(by)):
+        wide = d.pivot_table(index="seed", columns="method", values="score")
+        for a, b in pairs:
+            if {a, b} <= set(wide.columns):
+                both = wide[[a, b]].dropna()
+                r = stats.difference_test(both[a].values, both[b].values)
+                rows.append({**dict(zip(by, key)), "difference": f"{a} − {b}", "pairs": r["n"], "mean": r["diff"],
+                             "lo": r["lo"], "hi": r["hi"], "p": r["p"]})
+    return pd.DataFrame(rows)

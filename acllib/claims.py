@@ -9,7 +9,8 @@ effect the seeds could detect with 80% power, the paper's own effect and the see
 share of leave-one-seed-out subsets that keep the verdict.
 
 Kinds:
-  difference      "A beats B": paired t-test of A - B over seeds (two-sided, expected sign)
+  difference      "A beats B": paired t-test of A - B over seeds (two-sided, expected sign); with
+                  `gain_of`, "a method's gain is larger at A than at B" (the gains paired by seed)
   noninferiority  "A is at least as high as B": one-sided tests against -margin
   equivalence     "comparable", "about x": TOST against +-margin
   variance        "A is less stable than B": F test of the seed variances
@@ -60,6 +61,10 @@ class Claim:
     # a comparison of ours that the paper's text does not make (read off its tables): judged in a
     # Holm family of its own, so it neither dilutes nor borrows the paper's claims' error control
     exploratory: bool = False
+    # a difference of gains: a and b name two values of `key` (e.g. two training-set sizes), and
+    # what is compared per seed is gain_of[0] - gain_of[1] (two values of `method`) at a against at b
+    gain_of: tuple[str, str] | None = None
+    per: str = ""             # a column whose every value is a case of its own (e.g. the training-set size)
 
 
 def _t1(model, method="-"):
@@ -142,6 +147,14 @@ def book_claims() -> list[Claim]:
         claims.append(Claim(f"t3-less-{tag}", f"ACL is less sensitive to λ than CE+SCL{suffix}", "05_table3", "lambda-less",
                             "see Table 3", a="ACL", b="CE+SCL", value="cross-layer average",
                             filter={"reading": "additive", "with_one": with_one}))
+    # Beyond the paper (issue #13): the few-shot regime, where SCL is said to help most. Ours, so exploratory.
+    claims.append(Claim("fs-scl-scarce", "CE+SCL's gain over CE is larger at the smallest training set than at the full one",
+                        "08_few_shot", "difference", "Gunel et al. (ICLR 2021): SCL helps most in few-shot settings "
+                        "(their claim; their numbers are not quoted here)", a="smallest", b="full", key="size_label",
+                        gain_of=("CE+SCL", "CE"), exploratory=True))
+    claims.append(Claim("fs-acl-atleast-scl", "ACL scores at least as high as CE+SCL in the few-shot regime", "08_few_shot",
+                        "noninferiority", "not tested by the paper (full training sets only)", a="ACL", b="CE+SCL",
+                        margin=MARGIN_POINTS, margin_why=t1_margin, filter={"regime": "few-shot"}, per="size", exploratory=True))
     claims.append(Claim("tsne-exit", "ACL's 3rd exit beats CE+SCL's", "06_tsne", "difference",
                         f"{P['tsne']['acl']} vs {P['tsne']['ce+scl']} on MRPC (sec. 5.7)", a="ACL", b="CE+SCL",
                         paper_effect=lambda task: P["tsne"]["acl"] - P["tsne"]["ce+scl"] if task == "mrpc" else np.nan))
@@ -154,9 +167,10 @@ def book_claims() -> list[Claim]:
 
 
 # ------------------------------------------------------------------------------------- data
-def _majority(profile: str, task: str) -> float:
-    """The dev split's majority-class score (the chapters write it; else computed from the labels)."""
-    for chapter in ("03_layer_curves", "01_pilot"):
+def _majority(profile: str, task: str, chapter: str = "") -> float:
+    """The eval split's majority-class score: the claim's own chapter's, else another's (the chapters
+    write it; the few-shot chapter evaluates QNLI and MNLI on a held-out half), else from the labels."""
+    for chapter in dict.fromkeys([chapter, "03_layer_curves", "01_pilot", "08_few_shot"][0 if chapter else 1:]):
         path = store.cache_dir("book", profile, chapter) / "majority.csv"
         if path.exists():
             m = pd.read_csv(path)
@@ -227,6 +241,28 @@ def _case_paired(c: Claim, df: pd.DataFrame, task: str) -> Case:
 
     a, b = arrays(seeds)
     return Case(c, task, seeds, test, estimate, sd=float(np.std(a - b, ddof=1)) if len(seeds) > 1 else np.nan)
+
+
+def _gain_case(c: Claim, df: pd.DataFrame, task: str, majority: float) -> Case:
+    """gain_of[0] - gain_of[1] per seed at key == a against at key == b, paired by seed number. The
+    two gains of one seed come from unrelated runs, so the pairing removes no variance, but their
+    differences are still independent draws, and the paired t-test of them a valid test."""
+    up, base = c.gain_of
+    def gain(at):
+        d = df[df[c.key].astype(str) == str(at)].pivot_table(index="seed", columns="method", values=c.value)
+        return (d[up] - d[base]).dropna() if {up, base} <= set(d.columns) else pd.Series(dtype=float)
+    frame = pd.DataFrame({"seed": [], c.value: [], c.key: []})
+    for at in (c.a, c.b):
+        g = gain(at)
+        frame = pd.concat([frame, pd.DataFrame({"seed": g.index, c.value: g.values, c.key: at})], ignore_index=True)
+    case = _case_paired(c, frame, task)
+    means = df.groupby([c.key, "method"])[c.value].mean()
+    bad = [f"{m} at {at} {means.get((at, m), np.nan):.1f}" for at in (c.a, c.b) for m in (up, base)
+           if not stats.learned(means.get((at, m), np.nan), majority)]
+    if bad:
+        case.learned = False
+        case.learned_note = f"below majority ({majority:.1f}) + {stats.LEARNED_MARGIN:g}: " + ", ".join(bad)
+    return case
 
 
 def _exit_means(df: pd.DataFrame, method: str) -> pd.Series:
@@ -368,20 +404,30 @@ def _cases(profile: str, claims: list[Claim]) -> tuple[list[Case], list[dict]]:
             missing.append({"claim": c.text, "chapter": c.chapter})
             continue
         df = pd.read_csv(path)
+        for column, value in c.filter.items():  # filters naming a column select rows (others are the case's own)
+            if column in df:
+                df = df[df[column] == value]
         if "task" not in df:  # the early-exit chapter runs on one task
             from .config import get_profile
             df["task"] = get_profile(profile).chapter("early_exit", "tasks")[0]
         # one case per task, or per (backbone, task) where a chapter ran several backbones (paper profile)
         several = "backbone" in df and df.backbone.nunique() > 1
         panels = sorted(set(zip(df.backbone, df.task))) if several else [(None, t) for t in sorted(df.task.unique())]
-        for backbone, task in panels:
+        if c.per:  # one case per value of the column too: (backbone, task, value)
+            panels = [(b, t, v) for b, t in panels
+                      for v in sorted(df[(df.task == t) & ((df.backbone == b) if several else True)][c.per].unique())]
+        for backbone, task, *value in panels:
             d = df[(df.task == task) & ((df.backbone == backbone) if several else True)]
+            if value:
+                d = d[d[c.per] == value[0]]
             names = [n for n in (c.a, c.b) if n] if c.kind not in ("band", "equivalence") or c.chapter != "01_pilot" else []
             if c.key in d and any(_rows(d, c.key, n).empty for n in names):
                 missing.append({"claim": c.text, "chapter": c.chapter, "task": task})
                 continue
-            majority = _majority(profile, task) if c.learned_check != "none" else np.nan
-            if c.kind in ("difference", "noninferiority", "equivalence") and c.chapter == "03_layer_curves":
+            majority = _majority(profile, task, c.chapter) if c.learned_check != "none" else np.nan
+            if c.gain_of:
+                case = _gain_case(c, d, task, majority)
+            elif c.kind in ("difference", "noninferiority", "equivalence") and c.chapter == "03_layer_curves":
                 case = _layer_case(c, d, task, majority)
             elif c.kind == "band":
                 case = _band_case(c, d, task, lo, hi)
@@ -401,13 +447,15 @@ def _cases(profile: str, claims: list[Claim]) -> tuple[list[Case], list[dict]]:
                         case.learned_note = f"below majority ({majority:.1f}) + {stats.LEARNED_MARGIN:g}: " + ", ".join(bad)
             if several:
                 case.task = f"{task} [{backbone}]"
+            if value:
+                case.task = f"{case.task}, {c.per} {value[0]}"
             cases.append(case)
     return cases, missing
 
 
 def _power(case: Case, n: int, level: float = ALPHA) -> dict:
     c = case.claim
-    effect = c.paper_effect(case.task.split(" [")[0]) if c.paper_effect else np.nan  # "rte [roberta-base]": rte
+    effect = c.paper_effect(case.task.split(" [")[0].split(",")[0]) if c.paper_effect else np.nan  # "rte [roberta-base]": rte
     out = {"paper effect": effect, "detectable at 80% power": np.nan, "seeds for the paper's effect": np.nan}
     if np.isnan(case.sd) or n < 2:
         return out

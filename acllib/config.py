@@ -36,6 +36,16 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # main + lam aux, under which CE always trains the classifier, which is what the paper's Table 3
 # numbers (CE+SCL 68.6 at lam = 1) imply.
 AUX_WEIGHTINGS = ("convex", "additive")
+# How a run's training examples are drawn (with train_size): "fixed", one seeded subset (seed 0)
+# shared by every seed, so that seeds vary the initialisation and order, not the data; or
+# "balanced-per-seed", a label-balanced subset drawn with the run's seed, as few-shot studies do.
+TRAIN_SUBSETS = ("fixed", "balanced-per-seed")
+# Where they come from: the task's train split, or (tasks with only a validation split here: QNLI,
+# MNLI) a seeded half of its first validation split, the other half held out for evaluation.
+TRAIN_POOLS = ("train", "validation-half")
+# Fields added after results were cached: left out of the hash at their default, so that every run
+# made before them keeps its name.
+_HASH_OMITS_DEFAULT = {"train_subset": "fixed", "train_pool": "train"}
 # What stage 2's ACL-Grad measures the aux gradient's angle against: the exit's CE (Eq. 4: "g_ACL
 # and g_CE") or its whole main loss, CE + KD.
 STAGE2_GRAD_REFS = ("ce", "ce+kd")
@@ -77,7 +87,9 @@ class RunConfig:
     batch_window: int = 2              # batches per length-sorted window (length-windowed only)
     encoder_parts: int = 1             # length-sorted pieces of the forward pass (data.length_sorted_parts)
     max_length: int = 128
-    train_size: int | None = None      # seeded subsample of train (the same subset for every seed)
+    train_size: int | None = None      # seeded subsample of train (see train_subset)
+    train_subset: str = "fixed"        # TRAIN_SUBSETS
+    train_pool: str = "train"          # TRAIN_POOLS
     dev_size: int | None = None
     seed: int = 1
     precision: str = "auto"
@@ -97,7 +109,8 @@ class RunConfig:
     @property
     def hash(self) -> str:
         extra = {"compression": COMPRESSION_SETTINGS[self.strategy]} if self.strategy in COMPRESSION_SETTINGS else {}
-        blob = json.dumps({**self.to_dict(), "results_version": RESULTS_VERSION, **extra}, sort_keys=True)
+        fields_ = {k: v for k, v in self.to_dict().items() if _HASH_OMITS_DEFAULT.get(k, object()) != v}
+        blob = json.dumps({**fields_, "results_version": RESULTS_VERSION, **extra}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage1(self) -> "RunConfig":
@@ -150,6 +163,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.aux_weighting in AUX_WEIGHTINGS, f"unknown aux_weighting {cfg.aux_weighting!r}; choose one of {', '.join(AUX_WEIGHTINGS)}"),
         (cfg.stage2_grad_ref in STAGE2_GRAD_REFS, f"unknown stage2_grad_ref {cfg.stage2_grad_ref!r}; choose one of {', '.join(STAGE2_GRAD_REFS)}"),
         (cfg.batches in BATCH_ORDERS, f"unknown batches {cfg.batches!r}; choose one of {', '.join(BATCH_ORDERS)}"),
+        (cfg.train_subset in TRAIN_SUBSETS, f"unknown train_subset {cfg.train_subset!r}; choose one of {', '.join(TRAIN_SUBSETS)}"),
+        (cfg.train_pool in TRAIN_POOLS, f"unknown train_pool {cfg.train_pool!r}; choose one of {', '.join(TRAIN_POOLS)}"),
+        (cfg.train_subset == "fixed" or cfg.train_size is not None,
+         f"train_subset {cfg.train_subset!r} draws train_size examples; set train_size"),
         (cfg.batch_window >= 1, f"batch_window must be >= 1, got {cfg.batch_window!r}"),
         (cfg.encoder_parts >= 1, f"encoder_parts must be >= 1, got {cfg.encoder_parts!r}"),
         (0.0 <= cfg.lam <= 1.0, f"lam must lie in [0, 1], got {cfg.lam!r}"),
@@ -242,7 +259,8 @@ PROFILES = {p.name: p for p in [
                  warmup_ratio=0.1),
             tasks=("rte", "mrpc"), seeds=(1, 2),
             chapters={"pilot": dict(tasks=("rte", "mrpc")), "table3": dict(tasks=("rte",), convex_lambdas=(0.02, 1.0)), "tsne": dict(tasks=("mrpc",)),
-                      "early_exit": dict(tasks=("rte",)), "layer_variants": dict(seeds=(1,))}),
+                      "early_exit": dict(tasks=("rte",)), "layer_variants": dict(seeds=(1,)),
+                      "few_shot": dict(tasks=("rte",), sizes=(8, 24), small_seeds=(1, 2, 3), min_updates=4)}),
     Profile("cpu", "the embedded default: the packaged MiniLM (6 layers) on the GLUE tasks it learns within "
             "the budget, subsampled so that the whole book builds within 45 minutes on 2 CPU cores",
             dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=2, stage2_epochs=2, batch_size=32,
@@ -260,14 +278,17 @@ PROFILES = {p.name: p for p in [
             # costliest chapter, gives up seeds before the tables do (2, as issue #10's budget rule
             # says), and runs the convex reading only at λ = 1, the one point where it differs in kind
             # (below 1 it is the additive reading at λ/(1-λ) with the loss scaled by 1-λ, which Adam's
-            # update all but ignores). The layer curves' pooling variants (shown, not judged) run on 2
-            # seeds, and JT and ALT with linear exits on 4: their [CLS] exits 1-4 cannot learn on
-            # MiniLM (the layer-curves chapter shows why), so their claims are "did not learn" on any
-            # number of seeds; JT-MHA and ALT-MHA, the comparisons that can speak, keep all 8.
+            # update all but ignores). The layer curves' methods with linear exits (JT, ALT, 2ST-linear)
+            # run on 4 seeds and its pooling variants (shown, not judged) on 2: their [CLS] exits 1-4
+            # cannot learn on MiniLM (the layer-curves chapter shows why), so their claims are "did not
+            # learn" on any number of seeds; the MHA-exit methods, the comparisons that can speak, keep
+            # all 8. The few-shot chapter: sizes 20 and 100 on 10 seeds (at least 20 updates each),
+            # and the full 1,500 from Table 1's and the pilot's runs.
             chapters={"pilot": dict(tasks=("sst2", "rte"), seeds=(1, 2, 3, 4, 5), angle_batches=10, task_seeds={"rte": (1, 2, 3)}),
                       "table3": dict(tasks=("sst2",), seeds=(1, 2), convex_lambdas=(1.0,)), "tsne": dict(tasks=("sst2",)),
                       "early_exit": dict(tasks=("sst2",)), "layer_variants": dict(seeds=(1, 2)),
-                      "layer_curves": dict(method_seeds={"JT": (1, 2, 3, 4), "ALT": (1, 2, 3, 4)})}),
+                      "layer_curves": dict(method_seeds={m: (1, 2, 3, 4) for m in ("JT", "ALT", "2ST-linear")}),
+                      "few_shot": dict(sizes=(20, 100), small_seeds=tuple(range(1, 11)), min_updates=20)}),
     Profile("cpu-full", "MiniLM on the full training sets this machine has (CoLA, MRPC, RTE; SST-2 capped at 20,000 "
             "examples), the cpu profile's schedule, 8 seeds: for a workstation or a cluster of CPUs, too long for one "
             "2-core build (`python -m acllib plan --profile cpu-full` gives its cost)",
@@ -278,7 +299,10 @@ PROFILES = {p.name: p for p in [
             tasks=("cola", "mrpc", "rte", "sst2"), seeds=(1, 2, 3, 4, 5, 6, 7, 8),
             per_task={"sst2": dict(train_size=20000)},
             chapters={"pilot": dict(tasks=("rte", "sst2")), "table3": dict(tasks=("rte",), convex_lambdas=(1.0,)),
-                      "tsne": dict(tasks=("mrpc",)), "early_exit": dict(tasks=("mrpc",))}),
+                      "tsne": dict(tasks=("mrpc",)), "early_exit": dict(tasks=("mrpc",)),
+                      # Gunel et al.'s tasks; QNLI and MNLI from halves of their validation sets
+                      "few_shot": dict(tasks=("sst2", "qnli", "mnli"), sizes=(20, 50, 100, 500), small_seeds=tuple(range(1, 11)),
+                                       min_updates=20)}),
     Profile("paper", "the paper's setting (sec. 5.3): BERT-base, full GLUE, 15 epochs, 5 seeds; needs the hub and a GPU",
             dict(backbone="bert-base-uncased", lr=2e-5, stage2_lr=2e-5, epochs=15, stage2_epochs=15,
                  batch_size=None, updates_per_epoch=200, micro_batch_size=32, max_length=128),
@@ -292,7 +316,10 @@ PROFILES = {p.name: p for p in [
                       "table2": dict(tasks=("mrpc", "rte", "sst2"), backbones=("roberta-base",)),
                       "table3": dict(tasks=("rte",), backbones=("roberta-base",)),
                       "tsne": dict(tasks=("mrpc",), backbones=("roberta-base",)),
-                      "early_exit": dict(tasks=("mrpc",))}),
+                      "early_exit": dict(tasks=("mrpc",)),
+                      # beyond the paper (issue #13): Gunel et al.'s tasks and sizes, on the paper's RoBERTa
+                      "few_shot": dict(tasks=("sst2", "qnli", "mnli"), backbones=("roberta-base",), sizes=(20, 100, 1000),
+                                       small_seeds=tuple(range(1, 11)), min_updates=100)}),
 ]}
 
 

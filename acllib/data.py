@@ -50,6 +50,16 @@ def glue_source() -> str:
     return str(_LOCAL_GLUE) if _LOCAL_GLUE.is_dir() else HUB_GLUE
 
 
+def has_split(task: str, split: str, source: str | None = None) -> bool:
+    """Whether the GLUE source holds a split, without loading it: a local folder (the hub's layout,
+    <task>/<split>-*.parquet) is looked into; the hub holds every split of every task."""
+    source = source or glue_source()
+    folder = Path(source).expanduser()
+    if source.startswith((".", "/", "~")) or folder.is_dir():
+        return any((folder / get_task(task).name).glob(f"{split}-*"))
+    return True
+
+
 def load_split(task: str, split: str, source: str | None = None):
     """One split of a GLUE task as a `datasets.Dataset`, or one clear error saying what is missing."""
     import datasets
@@ -148,6 +158,35 @@ def subsample(data: Encoded, size: int | None, seed: int) -> Encoded:
         return data
     idx = np.sort(np.random.default_rng(seed).choice(len(data), size=size, replace=False))
     return data.subset(idx)
+
+
+def balanced_subset(labels, size: int, seed: int) -> np.ndarray:
+    """Indices (sorted) of a label-balanced random subset of `size` examples, drawn with `seed`: size
+    // K of each of the K labels, the remainder to the labels drawn first (a seeded order), as
+    few-shot studies draw their training sets (a fresh subset per seed)."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if size < len(classes):
+        raise ValueError(f"a balanced subset of {size} examples cannot hold each of the {len(classes)} labels")
+    rng = np.random.default_rng(seed)
+    per = np.full(len(classes), size // len(classes))
+    per[rng.permutation(len(classes))[: size % len(classes)]] += 1
+    picked = []
+    for c, k in zip(classes, per):
+        pool = np.flatnonzero(labels == c)
+        if k > len(pool):
+            raise ValueError(f"label {c} has {len(pool)} examples; a balanced subset of {size} needs {k}")
+        picked.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of n examples into two halves (sorted indices; the first gets the odd one):
+    a task with only a validation split here (QNLI, MNLI) takes its few-shot training pool from the
+    first half and is evaluated on the second, held out."""
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = (n + 1) // 2
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
 
 
 BATCH_ORDERS = ("length-windowed", "random", "length-grouped")

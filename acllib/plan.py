@@ -194,9 +194,58 @@ def early_exit(profile: str, tasks=None, seeds=None, backbones=None, overrides=N
     return ChapterPlan("07_early_exit", profile, [b], tasks[:1], seeds, runs)
 
 
+# The few-shot chapter's methods: the paper's full fine-tuning objectives, and ACL-Embed without the
+# gate (its CE/ACL angle logged, as in the pilot) to show what ACL-Grad adds.
+FEW_SHOT_METHODS = {"CE": dict(method="ce"), "CE+SCL": dict(method="ce+scl"),
+                    "ACL-Embed": dict(method="acl-embed", log_angles=True), "ACL": dict(method="acl")}
+
+
+def few_shot_epochs(cfg: RunConfig, size: int, min_updates: int) -> int:
+    """Epochs for a training set of `size`: the profile's, or more where they would give fewer than
+    `min_updates` optimizer updates (20 examples make one batch an epoch)."""
+    from .train import update_batch_size
+    per_epoch = -(-size // update_batch_size(cfg, size))
+    return max(cfg.epochs, -(-min_updates // per_epoch))
+
+
+def few_shot(profile: str, tasks=None, seeds=None, backbones=None, overrides=None, sizes=None,
+             small_seeds=None, min_updates=None) -> ChapterPlan:
+    """Learning curves over training-set sizes (issue #13): every method of FEW_SHOT_METHODS on
+    label-balanced subsets drawn per seed at each few-shot size, with at least `min_updates` updates
+    each, on `small_seeds`; and at the full size (the profile's training set) the profile's own runs
+    on its seeds, Table 1's and the pilot's, reused. A task with no train split here (QNLI, MNLI)
+    draws from a seeded half of its validation split and is evaluated on the other half, at every size."""
+    from .data import has_split
+    prof = get_profile(profile)
+    bs, tasks, seeds = _common(profile, "few_shot", tasks, seeds, backbones, False, overrides)
+    sizes = sorted(int(n) for n in (sizes or prof.chapter("few_shot", "sizes")))
+    small_seeds = [int(s) for s in (small_seeds or prof.chapter("few_shot", "small_seeds") or seeds)]
+    min_updates = int(min_updates or prof.chapter("few_shot", "min_updates", 0))
+    runs, full_sizes, pools = {}, {}, {}
+    for b, t in product(bs, tasks):
+        pool = "train" if has_split(t, "train") else "validation-half"
+        o = {**(overrides or {}), "backbone": b, **({"train_pool": pool} if pool != "train" else {})}
+        full = make_config(profile, t, **o)
+        full_sizes[t], pools[t] = full.train_size, pool
+        for m, f in FEW_SHOT_METHODS.items():
+            for n in sizes:
+                if full.train_size is not None and n >= full.train_size:
+                    raise ValueError(f"few-shot size {n} is not below {t}'s full training size ({full.train_size})")
+                small = make_config(profile, t, **{**f, **o, "train_size": n, "train_subset": "balanced-per-seed"})
+                epochs = few_shot_epochs(small, n, min_updates)
+                runs |= {("run", m, b, t, n, s): make_config(profile, t, seed=s, **{**f, **o, "train_size": n, "epochs": epochs,
+                                                                                       "train_subset": "balanced-per-seed"})
+                         for s in small_seeds}
+            runs |= {("run", m, b, t, "full", s): make_config(profile, t, seed=s, **{**f, **o}) for s in seeds}
+    return ChapterPlan("08_few_shot", profile, bs, tasks, seeds, runs,
+                       {"sizes": sizes, "small_seeds": small_seeds, "min_updates": min_updates,
+                        "full_sizes": full_sizes, "pools": pools})
+
+
 CHAPTERS: dict[str, Callable[..., ChapterPlan]] = {
     "01_pilot_angles": pilot, "02_table1": table1, "03_layer_curves": layer_curves,
     "04_table2_ablation": table2, "05_table3_lambda": table3, "06_tsne": tsne, "07_early_exit": early_exit,
+    "08_few_shot": few_shot,
 }
 
 

@@ -53,11 +53,20 @@ class TaskData:
 
 def load_task_data(cfg: RunConfig, tokenizer) -> TaskData:
     task = gdata.get_task(cfg.task)
-    train = gdata.encode_split(cfg.task, "train", tokenizer, cfg.max_length)
-    # The subset is fixed (seed 0) so that seeds vary the initialisation and order, not the data.
-    train = gdata.subsample(train, cfg.train_size, seed=0)
     evals, missing = {}, []
-    for i, split in enumerate(task.eval_splits):
+    if cfg.train_pool == "validation-half":  # config.TRAIN_POOLS: train on one half, evaluate on the other
+        split = task.eval_splits[0]
+        whole = gdata.encode_split(cfg.task, split, tokenizer, cfg.max_length)
+        pool, held_out = gdata.halves(len(whole), seed=0)
+        train = whole.subset(pool)
+        evals[f"{split} (held-out half)"] = gdata.subsample(whole.subset(held_out), cfg.dev_size, seed=0)
+    else:
+        train = gdata.encode_split(cfg.task, "train", tokenizer, cfg.max_length)
+    if cfg.train_subset == "balanced-per-seed":
+        train = train.subset(gdata.balanced_subset(train.labels.numpy(), cfg.train_size, cfg.seed))
+    else:  # fixed (seed 0): seeds vary the initialisation and order, not the data
+        train = gdata.subsample(train, cfg.train_size, seed=0)
+    for i, split in enumerate(task.eval_splits if cfg.train_pool == "train" else ()):
         try:
             evals[split] = gdata.subsample(gdata.encode_split(cfg.task, split, tokenizer, cfg.max_length),
                                            cfg.dev_size, seed=0)

@@ -103,3 +103,23 @@ def test_the_probe_and_the_geometry_of_one_model_share_one_pass(cache, monkeypat
     analysis.linear_probe_scores(cfg)
     analysis.state_geometry(cfg)
     assert len(passes) == 1
+
+
+def test_mean_intervals_and_paired_gains_match_scipy():
+    import pandas as pd
+    from scipy import stats as st
+    from acllib import analysis
+    rng = np.random.default_rng(0)
+    rows = [{"backbone": "m", "task": "sst2", "size": n, "method": m, "seed": s, "score": 60 + rng.normal(0, 3)}
+            for n in (20, 100) for m in ("CE", "CE+SCL") for s in range(1, 11)]
+    df = pd.DataFrame(rows).query("not (size == 100 and method == 'CE' and seed == 10)")  # one run missing
+    t = analysis.mean_intervals(df, ["size", "method"]).set_index(["size", "method"])
+    x = df[(df["size"] == 100) & (df.method == "CE")]["score"]
+    lo, hi = st.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=st.sem(x))
+    assert t.loc[(100, "CE"), "seeds"] == 9 and t.loc[(100, "CE"), ["lo", "hi"]].tolist() == pytest.approx([lo, hi])
+    g = analysis.paired_gains(df, [("CE+SCL", "CE")]).set_index("size")
+    a = df[(df["size"] == 100) & (df.method == "CE+SCL") & (df.seed < 10)].sort_values("seed")["score"].values
+    b = df[(df["size"] == 100) & (df.method == "CE")].sort_values("seed")["score"].values
+    ref = st.ttest_rel(a, b)
+    assert g.loc[100, "pairs"] == 9 and g.loc[100, "p"] == pytest.approx(ref.pvalue)
+    assert g.loc[100, "mean"] == pytest.approx((a - b).mean())

@@ -21,9 +21,10 @@ CHAPTERS = {  # notebook -> what its page must show
     "05_table3_lambda": {"images": 1, "tables": 1, "paper": [paper.numbers()["table3"]["ce+scl"][-1]]},
     "06_tsne": {"images": 1, "tables": 1, "paper": [paper.numbers()["tsne"]["acl"]]},
     "07_early_exit": {"images": 1, "tables": 2, "paper": []},
-    "08_claims": {"images": 0, "tables": 1, "paper": ["75°–105°", paper.numbers()["tsne"]["acl"]], "caption": False},
-    "09_differences": {"images": 0, "tables": 2, "paper": ["bert-base-uncased, roberta-base"], "caption": False},
-    "10_provenance": {"images": 0, "tables": 4, "paper": [], "caption": False},
+    "08_few_shot": {"images": 2, "tables": 4, "paper": ["Gunel et al."]},
+    "09_claims": {"images": 0, "tables": 1, "paper": ["75°–105°", paper.numbers()["tsne"]["acl"]], "caption": False},
+    "10_differences": {"images": 0, "tables": 2, "paper": ["bert-base-uncased, roberta-base"], "caption": False},
+    "11_provenance": {"images": 0, "tables": 4, "paper": [], "caption": False},
 }
 
 
@@ -60,7 +61,7 @@ def test_chapter_shows_figures_tables_and_paper_numbers(built_book, name):
         assert bad not in html, f"{bad} in {name}"
     if want.get("caption", True):
         assert "Measured here: profile &#39;smoke&#39;" in html or "Measured here: profile 'smoke'" in html
-    elif name == "08_claims":  # every claim got a verdict from results: no chapter's results missing
+    elif name == "09_claims":  # every claim got a verdict from results: no chapter's results missing
         import pandas as pd
         from acllib import stats
         from acllib import claims as claims_lib
@@ -100,7 +101,7 @@ def test_claims_follow_the_results(built_book, cache, tmp_path, shift, verdict):
     old = os.environ.get("ACL_CACHE")
     os.environ["ACL_CACHE"] = str(copy)  # the kernel inherits it
     try:
-        papermill.execute_notebook(str(REPO / "notebooks" / "08_claims.ipynb"), str(tmp_path / "claims.ipynb"),
+        papermill.execute_notebook(str(REPO / "notebooks" / "09_claims.ipynb"), str(tmp_path / "claims.ipynb"),
                                    parameters={"profile": "smoke"}, kernel_name="acl-repro", progress_bar=False)
     finally:
         os.environ["ACL_CACHE"] = old if old is not None else str(cache)
@@ -147,7 +148,7 @@ def test_the_build_shows_each_chapters_runs_done_of_runs_needed(built_book, cach
     assert totals and all(k == n for k, n in totals.values()), totals
     trained = json.loads((cache / "book" / "smoke" / "builds.json").read_text())[-1]["runs_trained"]
     assert sum(n for _, n in totals.values()) == trained
-    assert "08_claims" not in totals and "00_summary" not in totals
+    assert "09_claims" not in totals and "00_summary" not in totals
 
 
 def test_landing_page_counts_are_the_claims_tables(built_book):
@@ -169,7 +170,7 @@ def test_landing_page_counts_are_the_claims_tables(built_book):
         tally = dict(item.rsplit(": ", 1) for item in clause.split(", ")) if clause != "none" else {}
         assert {k: int(v) for k, v in tally.items()} == part.verdict.value_counts().to_dict()
     links = set(re.findall(r'href="([0-9][0-9]_[a-z0-9_]+\.html)"', html))
-    assert "08_claims.html" in links
+    assert "09_claims.html" in links
     for link in links:  # every link leads to a page of the book
         assert (built_book / "executed" / link).exists(), link
     for chapter in claims[claims.verdict.isin([stats.SUPPORTED, stats.CONTRADICTED])].chapter.unique():

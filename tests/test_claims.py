@@ -188,3 +188,46 @@ def test_exploratory_comparisons_form_their_own_holm_family(book):
     paper_only = claims.counts(table)
     assert sum(paper_only.values()) == (table.family == "the paper's claims").sum()
     assert sum(claims.counts(table, exploratory=True).values()) == 2
+
+
+def _few_shot(gain_small, gain_full, acl_minus_scl, seeds_small=10, seeds_full=8, noise=1.0, seed=0):
+    """The few-shot chapter's per_seed.csv: CE, CE+SCL, ACL at sizes 20, 100 and the full 1,500."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size, label, gain, n in ((20, "smallest", gain_small, seeds_small), (100, "100", gain_small, seeds_small),
+                                 (1500, "full", gain_full, seeds_full)):
+        for s in range(1, n + 1):
+            ce = 70 + rng.normal(0, 3)
+            for m, v in (("CE", ce), ("CE+SCL", ce + gain + rng.normal(0, noise)),
+                         ("ACL", ce + gain + acl_minus_scl + rng.normal(0, noise))):
+                rows.append({"task": "sst2", "method": m, "size": size, "size_label": label,
+                             "regime": "full" if label == "full" else "few-shot", "seed": s, "score": v})
+    return pd.DataFrame(rows)
+
+
+def test_few_shot_claims_pair_gains_by_seed_and_split_by_size(book):
+    from scipy import stats as st
+    df = _few_shot(gain_small=4.0, gain_full=0.0, acl_minus_scl=0.0)
+    book("08_few_shot", "per_seed.csv", df)
+    book("08_few_shot", "majority.csv", pd.DataFrame({"task": ["sst2"], "majority": [50.0]}))
+    table, _ = claims.judge("smoke")
+    scarce = _row(table, "fs-scl-scarce")
+    # by hand: CE+SCL - CE per seed at 20 minus the same at the full size, over the seeds both have (1-8)
+    w = df.pivot_table(index=["size_label", "seed"], columns="method", values="score")
+    gain = (w["CE+SCL"] - w["CE"])
+    ref = st.ttest_rel(gain.loc["smallest"].loc[1:8].values, gain.loc["full"].values)
+    assert scarce.p == pytest.approx(ref.pvalue) and scarce.seeds == 8
+    assert scarce.verdict == stats.SUPPORTED and scarce.family == "exploratory (ours)"
+    atleast = table[table.id == "fs-acl-atleast-scl"]
+    assert sorted(atleast.task) == ["sst2, size 100", "sst2, size 20"]  # one row per few-shot size, not the full
+    assert (atleast.seeds == 10).all()
+    assert (atleast["p (Holm)"] >= atleast.p).all()
+
+
+def test_a_few_shot_gain_of_models_that_did_not_learn_is_not_judged(book):
+    df = _few_shot(gain_small=4.0, gain_full=0.0, acl_minus_scl=0.0)
+    df.loc[df.size_label == "smallest", "score"] -= 25  # CE at ~45 against a majority of 50
+    book("08_few_shot", "per_seed.csv", df)
+    book("08_few_shot", "majority.csv", pd.DataFrame({"task": ["sst2"], "majority": [50.0]}))
+    row = _row(claims.judge("smoke")[0], "fs-scl-scarce")
+    assert row.verdict == claims.DIDNT_LEARN and "CE at smallest" in row["learned check"]

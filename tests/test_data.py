@@ -137,3 +137,28 @@ def test_length_sorted_parts_partition_the_batch_and_cut_padding(tok, cache):
         parts = data.length_sorted_parts(lengths, bt, 4)
         assert sorted(np.concatenate(parts).tolist()) == sorted(bt.tolist()) and len(parts) == min(4, len(bt))
     assert data.padding_share(lengths, pieces) < 0.5 * data.padding_share(lengths, batches)
+
+
+def test_balanced_subsets_hold_each_label_equally_and_change_with_the_seed():
+    labels = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    for size in (6, 20, 29):
+        idx = data.balanced_subset(labels, size, seed=3)
+        counts = np.bincount(labels[idx], minlength=3)
+        assert len(set(idx)) == len(idx) == size and counts.max() - counts.min() <= 1
+        assert np.array_equal(idx, data.balanced_subset(labels, size, seed=3))  # seeded
+    assert not np.array_equal(data.balanced_subset(labels, 20, 1), data.balanced_subset(labels, 20, 2))
+    with pytest.raises(ValueError, match="label 2 has 10 examples"):
+        data.balanced_subset(labels, 60, seed=0)
+    with pytest.raises(ValueError, match="cannot hold each of the 3 labels"):
+        data.balanced_subset(labels, 2, seed=0)
+
+
+def test_halves_split_every_example_once():
+    a, b = data.halves(11, seed=0)
+    assert len(a) == 6 and len(b) == 5 and sorted(np.concatenate([a, b])) == list(range(11))
+    assert np.array_equal(a, data.halves(11, seed=0)[0]) and not np.array_equal(a, data.halves(11, seed=1)[0])
+
+
+def test_has_split_reads_the_local_mirror():
+    assert data.has_split("sst2", "train") and data.has_split("qnli", "validation")
+    assert not data.has_split("qnli", "train")  # the local mirror has QNLI's validation split only

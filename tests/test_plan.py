@@ -1,5 +1,7 @@
 """The book's runs are defined once (acllib.plan): their shape per profile, their deduplication,
 and `python -m acllib plan`. tests/test_book.py holds the smoke book's runs against this plan."""
+import math
+
 import pytest
 
 from acllib import plan
@@ -91,14 +93,14 @@ def test_cost_table_splits_chapters_by_backbone(monkeypatch):
 
 
 def test_the_cpu_profile_runs_some_methods_and_tasks_on_fewer_seeds():
-    """JT and ALT with linear exits on 4 seeds, the linear variants on 2, the pilot's RTE on 3; every
-    other method on all; and early exiting asks for exactly the layer curves' models."""
+    """The linear-exit methods (JT, ALT, 2ST-linear) on 4 seeds, the linear variants on 2, the pilot's
+    RTE on 3; every other method on all; and early exiting asks for exactly the layer curves' models."""
     lc = plan.layer_curves("cpu")
     seeds_of = {}
     for (m, b, t, s) in lc.part("curve"):
         seeds_of.setdefault(m, []).append(s)
-    assert seeds_of["JT"] == seeds_of["ALT"] == [1, 2, 3, 4]
-    assert all(seeds_of[m] == lc.seeds == list(range(1, 9)) for m in LAYER_CURVE_METHODS if m not in ("JT", "ALT"))
+    assert seeds_of["JT"] == seeds_of["ALT"] == seeds_of["2ST-linear"] == [1, 2, 3, 4]
+    assert all(seeds_of[m] == lc.seeds == list(range(1, 9)) for m in LAYER_CURVE_METHODS if m not in ("JT", "ALT", "2ST-linear"))
     assert lc.extra["variant_seeds"] == [1, 2]
     assert plan.method_seeds("cpu", "JT", [3, 5, 6]) == [3]  # a subset of the seeds asked for
     assert plan.method_seeds("smoke", "JT", [1, 2]) == [1, 2]
@@ -109,3 +111,37 @@ def test_the_cpu_profile_runs_some_methods_and_tasks_on_fewer_seeds():
     assert p.extra["task_seeds"] == {"sst2": [1, 2, 3, 4, 5], "rte": [1, 2, 3]}
     assert sorted({s for (m, t, s) in p.part("fine-tune") if t == "rte"}) == [1, 2, 3]
     assert sorted(s for (t, s) in p.part("acl-embed") if t == "sst2") == [1, 2, 3, 4, 5]
+
+
+def test_few_shot_sizes_get_enough_updates_and_the_full_size_reuses_table1():
+    fs = plan.few_shot("cpu")
+    assert fs.extra["sizes"] == [20, 100] and fs.extra["small_seeds"] == list(range(1, 11))
+    for (m, b, t, n, s), c in fs.part("run").items():
+        if n == "full":
+            continue
+        # by hand: batches of min(32, n) examples, ceil(n / batch) updates an epoch, epochs raised to 20 updates
+        per_epoch = math.ceil(n / min(32, n))
+        assert c.epochs == max(2, math.ceil(20 / per_epoch)) and c.epochs * per_epoch >= 20
+        assert c.train_size == n and c.train_subset == "balanced-per-seed" and c.seed == s
+    assert {c.epochs for (m, b, t, n, s), c in fs.part("run").items() if n == 20} == {20}
+    t1 = {c.hash for c in plan.table1("cpu").configs()}
+    full = {m: {c.hash for (mm, b, t, n, s), c in fs.part("run").items() if n == "full" and mm == m} for m in plan.FEW_SHOT_METHODS}
+    assert full["CE"] <= t1 and full["CE+SCL"] <= t1 and full["ACL"] <= t1  # Table 1's own runs
+    pilot = {c.hash for c in plan.pilot("cpu").part("acl-embed").values()}
+    assert len(full["ACL-Embed"] & pilot) == 5  # the pilot's logged ACL-Embed runs, seeds 1-5
+    with pytest.raises(ValueError, match="not below sst2's full training size"):
+        plan.few_shot("cpu", sizes=[20, 1500])
+    qnli = plan.few_shot("smoke", tasks=["qnli"])  # no train split here: both halves of validation
+    assert {c.train_pool for c in qnli.configs()} == {"validation-half"}
+
+
+def test_new_config_fields_leave_earlier_runs_names_alone():
+    import hashlib
+    import json
+    from acllib.config import RESULTS_VERSION
+    cfg = make_config("cpu", "sst2", method="acl", seed=3)
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in ("train_subset", "train_pool")}
+    blob = json.dumps({**fields, "results_version": RESULTS_VERSION}, sort_keys=True)
+    assert cfg.hash == hashlib.sha256(blob.encode()).hexdigest()[:16]  # as before the fields existed
+    assert make_config("cpu", "sst2", method="acl", seed=3, train_size=20, train_subset="balanced-per-seed").hash != \
+        make_config("cpu", "sst2", method="acl", seed=3, train_size=20).hash

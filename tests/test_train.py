@@ -477,3 +477,28 @@ def test_stage2_acl_grad_measures_the_angle_against_ce_or_ce_plus_kd(cache, ref,
             for e in range(len(layers))]
     measured = train.backward(loss, [p for g in groups for p in g], True, 180.0, False)
     assert [a for a, _ in measured] == pytest.approx(want, rel=1e-6)
+
+
+def test_few_shot_training_sets_are_balanced_per_seed_and_validation_halves_are_disjoint():
+    from acllib.config import make_config
+    tok = load_tokenizer("minilm")
+    sets = {}
+    for seed in (1, 2):
+        cfg = make_config("cpu", "sst2", seed=seed, train_size=20, train_subset="balanced-per-seed")
+        td = train.load_task_data(cfg, tok)
+        assert len(td.train) == 20 and np.bincount(td.train.labels.numpy()).tolist() == [10, 10]
+        sets[seed] = {tuple(td.train.input_ids[td.train.offsets[i]:td.train.offsets[i + 1]].tolist()) for i in range(20)}
+    assert sets[1] != sets[2]  # a fresh subset per seed
+    fixed = [train.load_task_data(make_config("cpu", "sst2", seed=s), tok).train.labels for s in (1, 2)]
+    assert torch.equal(fixed[0], fixed[1])  # the default: one subset for every seed
+    cfg = make_config("cpu", "qnli", train_pool="validation-half", train_size=30, train_subset="balanced-per-seed")
+    td = train.load_task_data(cfg, tok)
+    (split, held), = td.evals.items()
+    assert split == "validation (held-out half)" and len(td.train) == 30
+    whole = gdata.encode_split("qnli", "validation", tok, cfg.max_length)
+    pool, rest = gdata.halves(len(whole), seed=0)
+    assert len(pool) + len(rest) == len(whole) and not set(pool) & set(rest)
+    assert torch.equal(held.input_ids, whole.subset(rest).input_ids)  # evaluated on the held-out half
+    def texts(enc):
+        return {tuple(enc.input_ids[enc.offsets[i]:enc.offsets[i + 1]].tolist()) for i in range(len(enc))}
+    assert texts(td.train) <= texts(whole.subset(pool))  # trained on the other half
