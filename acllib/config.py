@@ -269,8 +269,10 @@ PROFILES = {p.name: p for p in [
             # training examples), MRPC (350-500) and CoLA (up to 2,400): ties that test nothing. SST-2
             # learns within the budget, so the tables spend it there, on 8 seeds rather than more tasks
             # (with 5, verdicts at p ~ 0.03 flipped between builds differing only in random streams and rounding).
+            # 800 SST-2 examples (1,500 until the few-shot chapter joined the budget): CE's seed-1 model
+            # scored 80.7 on them against 80.85 on 1,500, at about half the training time (issue #10).
             tasks=("sst2",), seeds=(1, 2, 3, 4, 5, 6, 7, 8),
-            per_task={"sst2": dict(train_size=1500), "cola": dict(train_size=2400),
+            per_task={"sst2": dict(train_size=800), "cola": dict(train_size=2400),
                       "rte": dict(train_size=300), "mrpc": dict(train_size=350)},
             # The pilot runs on SST-2, where its models learn (they are Table 1's), on 5 seeds, with the
             # paper's RTE as a second panel on 3 (no method learns RTE at this budget: its panel shows
@@ -283,7 +285,7 @@ PROFILES = {p.name: p for p in [
             # cannot learn on MiniLM (the layer-curves chapter shows why), so their claims are "did not
             # learn" on any number of seeds; the MHA-exit methods, the comparisons that can speak, keep
             # all 8. The few-shot chapter: sizes 20 and 100 on 10 seeds (at least 20 updates each),
-            # and the full 1,500 from Table 1's and the pilot's runs.
+            # and the full 800 from Table 1's and the pilot's runs.
             chapters={"pilot": dict(tasks=("sst2", "rte"), seeds=(1, 2, 3, 4, 5), angle_batches=10, task_seeds={"rte": (1, 2, 3)}),
                       "table3": dict(tasks=("sst2",), seeds=(1, 2), convex_lambdas=(1.0,)), "tsne": dict(tasks=("sst2",)),
                       "early_exit": dict(tasks=("sst2",)), "layer_variants": dict(seeds=(1, 2)),

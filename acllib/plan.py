@@ -118,7 +118,7 @@ def table1(profile: str, tasks=None, seeds=None, backbones=None, overrides=None)
 
 def method_seeds(profile: str, method: str, seeds) -> list[int]:
     """The seeds a layer-curve method runs on: the chapter's, or the subset of them the profile
-    gives that method (cpu: JT and ALT with linear exits, whose shallow exits cannot learn there)."""
+    gives that method (cpu: the linear-exit methods, whose shallow exits cannot learn there)."""
     own = (get_profile(profile).chapter("layer_curves", "method_seeds") or {}).get(method)
     return [s for s in seeds if own is None or s in own] or list(seeds)[:1]
 

@@ -191,11 +191,11 @@ def test_exploratory_comparisons_form_their_own_holm_family(book):
 
 
 def _few_shot(gain_small, gain_full, acl_minus_scl, seeds_small=10, seeds_full=8, noise=1.0, seed=0):
-    """The few-shot chapter's per_seed.csv: CE, CE+SCL, ACL at sizes 20, 100 and the full 1,500."""
+    """The few-shot chapter's per_seed.csv: CE, CE+SCL, ACL at sizes 20, 100 and the full 800."""
     rng = np.random.default_rng(seed)
     rows = []
     for size, label, gain, n in ((20, "smallest", gain_small, seeds_small), (100, "100", gain_small, seeds_small),
-                                 (1500, "full", gain_full, seeds_full)):
+                                 (800, "full", gain_full, seeds_full)):
         for s in range(1, n + 1):
             ce = 70 + rng.normal(0, 3)
             for m, v in (("CE", ce), ("CE+SCL", ce + gain + rng.normal(0, noise)),

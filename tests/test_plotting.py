@@ -27,7 +27,7 @@ def test_captions_name_each_tasks_data_and_schedule_from_the_profile():
     # smoke profile: 48 training examples, 2 epochs in both stages (acllib/config.py)
     assert text == ("Measured here: profile 'smoke', backbone 'tiny', seeds [1, 2]; "
                     "MRPC: 48 training examples, 2 epochs (stage 2 of 2ST: 2); 4 layers")
-    assert "1,500 training examples" in plotting.caption("cpu", "minilm", [1], tasks=["sst2"])
+    assert "800 training examples" in plotting.caption("cpu", "minilm", [1], tasks=["sst2"])
 
 
 def test_a_caption_leaves_out_stage_2_where_a_chapter_runs_no_2st():
