@@ -277,7 +277,7 @@ def few_shot_per_seed(chapter, results: dict) -> "pd.DataFrame":
 def mean_intervals(per_seed, by, value: str = "score", level: float = 0.95):
     """Per group: seeds, mean, sample sd and the t interval of the mean (scipy.stats.t)."""
     from scipy import stats as st
-    g = per_seed.groupby(by)[value]
+    g = per_seed.groupby(by, observed=True)[value]  # a categorical column keeps its order, not its unseen values
     out = g.agg(seeds="count", mean="mean", sd="std").reset_index()
     half = st.t.ppf(0.5 + level / 2, (out.seeds - 1).clip(lower=1)) * out.sd / np.sqrt(out.seeds)
     out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
