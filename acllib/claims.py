@@ -170,8 +170,8 @@ def book_claims() -> list[Claim]:
 def _majority(profile: str, task: str, chapter: str = "") -> float:
     """The eval split's majority-class score: the claim's own chapter's, else another's (the chapters
     write it; the few-shot chapter evaluates QNLI and MNLI on a held-out half), else from the labels."""
-    for chapter in dict.fromkeys([chapter, "03_layer_curves", "01_pilot", "08_few_shot"][0 if chapter else 1:]):
-        path = store.cache_dir("book", profile, chapter) / "majority.csv"
+    for source in dict.fromkeys(c for c in (chapter, "03_layer_curves", "01_pilot", "08_few_shot") if c):
+        path = store.cache_dir("book", profile, source) / "majority.csv"
         if path.exists():
             m = pd.read_csv(path)
             if task in set(m.task):
@@ -251,10 +251,8 @@ def _gain_case(c: Claim, df: pd.DataFrame, task: str, majority: float) -> Case:
     def gain(at):
         d = df[df[c.key].astype(str) == str(at)].pivot_table(index="seed", columns="method", values=c.value)
         return (d[up] - d[base]).dropna() if {up, base} <= set(d.columns) else pd.Series(dtype=float)
-    frame = pd.DataFrame({"seed": [], c.value: [], c.key: []})
-    for at in (c.a, c.b):
-        g = gain(at)
-        frame = pd.concat([frame, pd.DataFrame({"seed": g.index, c.value: g.values, c.key: at})], ignore_index=True)
+    frame = pd.concat([pd.DataFrame({"seed": g.index, c.value: g.values, c.key: at}) for at in (c.a, c.b) for g in [gain(at)]],
+                      ignore_index=True)
     case = _case_paired(c, frame, task)
     means = df.groupby([c.key, "method"])[c.value].mean()
     bad = [f"{m} at {at} {means.get((at, m), np.nan):.1f}" for at in (c.a, c.b) for m in (up, base)
