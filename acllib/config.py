@@ -319,7 +319,7 @@ PROFILES = {p.name: p for p in [
                       "table3": dict(tasks=("rte",), backbones=("roberta-base",)),
                       "tsne": dict(tasks=("mrpc",), backbones=("roberta-base",)),
                       "early_exit": dict(tasks=("mrpc",)),
-                      # beyond the paper (issue #13): Gunel et al.'s tasks and sizes, on the paper's RoBERTa
+                      # beyond the paper (issue #13): Gunel et al.'s tasks (SST-2, QNLI, MNLI), 20 to 1,000 examples, on the paper's RoBERTa
                       "few_shot": dict(tasks=("sst2", "qnli", "mnli"), backbones=("roberta-base",), sizes=(20, 100, 1000),
                                        small_seeds=tuple(range(1, 11)), min_updates=100)}),
 ]}
