@@ -270,7 +270,7 @@ def few_shot_per_seed(chapter, results: dict) -> "pd.DataFrame":
                      "size_label": "full" if n == "full" else ("smallest" if n == smallest else str(n)),
                      "regime": "full" if n == "full" else "few-shot", "seed": s, "score": score_of(r),
                      "metric": r["headline_metric"], "eval split": r["eval_split"], "epochs": cfg.epochs,
-                     "updates": cfg.epochs * -(-size // train.update_batch_size(cfg, size))})
+                     "updates": cfg.epochs * train.updates_per_epoch(cfg, size)})
     return pd.DataFrame(rows)
 
 

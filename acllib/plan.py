@@ -123,6 +123,11 @@ def method_seeds(profile: str, method: str, seeds) -> list[int]:
     return [s for s in seeds if own is None or s in own] or list(seeds)[:1]
 
 
+def fewer_seeds(profile: str, seeds, methods=None) -> dict[str, list[int]]:
+    """The layer-curve methods (default: all) that the profile runs on fewer of `seeds`, and theirs."""
+    return {m: mine for m in (methods or LAYER_CURVE_METHODS) if (mine := method_seeds(profile, m, seeds)) != list(seeds)}
+
+
 def layer_curves(profile: str, tasks=None, seeds=None, backbones=None, overrides=None, variant_seeds=None) -> ChapterPlan:
     """Figures 3-5: every multi-exit training method's exits, per panel (backbone, task): the paper
     draws RoBERTa on every task (Figs. 3-4) and BERT on RTE and MRPC (Fig. 5). The linear exit's
@@ -203,9 +208,8 @@ FEW_SHOT_METHODS = {"CE": dict(method="ce"), "CE+SCL": dict(method="ce+scl"),
 def few_shot_epochs(cfg: RunConfig, size: int, min_updates: int) -> int:
     """Epochs for a training set of `size`: the profile's, or more where they would give fewer than
     `min_updates` optimizer updates (20 examples make one batch an epoch)."""
-    from .train import update_batch_size
-    per_epoch = -(-size // update_batch_size(cfg, size))
-    return max(cfg.epochs, -(-min_updates // per_epoch))
+    from .train import updates_per_epoch
+    return max(cfg.epochs, -(-min_updates // updates_per_epoch(cfg, size)))
 
 
 def few_shot(profile: str, tasks=None, seeds=None, backbones=None, overrides=None, sizes=None,

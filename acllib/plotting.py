@@ -45,6 +45,15 @@ def caption(profile: str, backbone: str, seeds, extra: str = "", tasks=None, sta
     return text + (f"; {extra}" if extra else "")
 
 
+def fewer_seeds_text(fewer: dict) -> str:
+    """{method: seeds} (plan.fewer_seeds) as one clause, methods on the same seeds together:
+    "JT, ALT, 2ST-linear on seeds [1, 2, 3, 4]"; "" when there are none."""
+    groups: dict[tuple, list[str]] = {}
+    for m, s in fewer.items():
+        groups.setdefault(tuple(s), []).append(m)
+    return "; ".join(f"{', '.join(ms)} on seeds {list(s)}" for s, ms in groups.items())
+
+
 def show_caption(text: str) -> None:
     """The one caption of the figure or table above it (call after plt.show() or display())."""
     from IPython.display import Markdown, display

@@ -83,6 +83,11 @@ def update_batch_size(cfg: RunConfig, n_train: int) -> int:
     return max(2, math.ceil(n_train / cfg.updates_per_epoch))
 
 
+def updates_per_epoch(cfg: RunConfig, n_train: int) -> int:
+    """Optimizer updates in one epoch over n_train examples (the last batch may be short)."""
+    return math.ceil(n_train / update_batch_size(cfg, n_train))
+
+
 # ----------------------------------------------------------------------------------- the step
 @dataclass
 class Loss:
@@ -243,7 +248,7 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
     clip_groups = clip_groups or [params]
     batch_size = update_batch_size(cfg, n_train)
     lengths = get_batch.lengths
-    updates = math.ceil(n_train / batch_size)
+    updates = updates_per_epoch(cfg, n_train)
     opt, sched = make_optimizer(named_params, lr, cfg.weight_decay, epochs * updates, cfg.warmup_ratio)
     rng = np.random.default_rng(cfg.seed)
     log = FitLog()

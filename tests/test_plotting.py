@@ -33,3 +33,10 @@ def test_captions_name_each_tasks_data_and_schedule_from_the_profile():
 def test_a_caption_leaves_out_stage_2_where_a_chapter_runs_no_2st():
     text = plotting.caption("smoke", "tiny", [1], tasks=["rte"], stage2=False)
     assert text.endswith("RTE: 48 training examples, 2 epochs")
+
+
+def test_methods_on_the_same_fewer_seeds_share_one_clause():
+    from acllib import plan
+    assert plotting.fewer_seeds_text({"JT": [1, 2], "ALT": [1, 2], "2ST-linear": [1]}) == "JT, ALT on seeds [1, 2]; 2ST-linear on seeds [1]"
+    assert plotting.fewer_seeds_text(plan.fewer_seeds("cpu", list(range(1, 9)))) == "JT, ALT, 2ST-linear on seeds [1, 2, 3, 4]"
+    assert plotting.fewer_seeds_text(plan.fewer_seeds("smoke", [1, 2])) == ""
