@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 PROFILE ?= cpu
+# make book trains on a local Ray instance (2 workers x 1 thread), measured the faster way on the cpu
+# book's runs (benchmarks/records/ray_vs_sequential.json; tests/test_environment.py checks this line).
+# RAY_ADDRESS= (empty) trains sequentially, each chapter in its notebook.
+RAY_ADDRESS ?= local
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test browser book notebook lab bench clean-cache
@@ -31,10 +35,10 @@ browser:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  { echo "the browser test needs Chromium: apt-get install chromium (as root), or set ACL_CHROMIUM=/path/to/chromium"; exit 1; }
 
-# RAY_ADDRESS=local|auto|HOST:PORT: train the missing runs on Ray first (python -m acllib sweep), then build warm.
+# RAY_ADDRESS=local|auto|HOST:PORT: train the missing runs on Ray first (acllib.sweep), then build warm;
+# empty: each chapter trains its runs in its notebook, one after another.
 book: setup
-	$(if $(RAY_ADDRESS),$(PY) -m acllib sweep --profile $(PROFILE) --address $(RAY_ADDRESS),@true)
-	$(PY) book/build.py --profile $(PROFILE)
+	$(PY) book/build.py --profile $(PROFILE) $(if $(RAY_ADDRESS),--ray $(RAY_ADDRESS))
 	@echo "The book: book/_build/html/index.html"
 
 notebook: setup

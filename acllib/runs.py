@@ -49,10 +49,19 @@ def load_result(cfg: RunConfig) -> dict | None:
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
-        print(f"warning: {path} is not the complete result of run {cfg.hash} (unreadable, or another config); "
-              "it is ignored and the run will be done again", file=sys.stderr)
+        try:
+            key = (str(path), path.stat().st_mtime_ns)
+        except OSError:  # gone meanwhile
+            key = (str(path), -1)
+        if key not in _REPORTED:  # once per damaged file, though a sweep looks at it many times
+            _REPORTED.add(key)
+            print(f"warning: {path} is not the complete result of run {cfg.hash} (unreadable, or another config); "
+                  "it is ignored and the run will be done again", file=sys.stderr)
         return None
     return result
+
+
+_REPORTED: set[tuple[str, int]] = set()
 
 
 def _git_commit() -> str:
@@ -179,6 +188,14 @@ def load_model(cfg: RunConfig, progress: bool = False):
 def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = False) -> list[dict]:
     """2st runs sharing one stage 1: it is trained (or loaded) once, the frozen backbone's features
     are computed once, and each variant trains its intermediate exits on them."""
+    for _ in two_stage_each(cfgs, progress, force):
+        pass
+    return [load_result(c) for c in cfgs]
+
+
+def two_stage_each(cfgs: list[RunConfig], progress: bool = True, force: bool = False):
+    """run_two_stage, yielding each config as soon as its results are written (a sweep sends each
+    back as it finishes, so an interrupted group keeps its finished variants)."""
     stage1 = cfgs[0].stage1()
     if any(c.strategy != "2st" or c.stage1() != stage1 for c in cfgs):
         raise ValueError("run_two_stage takes 2st configs that share one stage 1")
@@ -215,7 +232,7 @@ def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = Fa
             store.save_tensors(model_path(cfg), {k: v for k, v in model.state_dict().items()
                                                  if k.startswith("exits.") and k.split(".")[1] != last})
             store.write_json(result_path(cfg), result)
-    return [load_result(c) for c in cfgs]
+            yield cfg
 
 
 def run_many(cfgs: list[RunConfig], progress: bool = True) -> list[dict]:

@@ -1,5 +1,5 @@
 """The plan's missing runs on a Ray cluster: each run one Ray task (2st runs that share a stage 1
-one task, as they share its features), stage 2 after its stage 1.
+one task, as they share its features, each run sent back as it finishes), stage 2 after its stage 1.
 
 No shared filesystem is assumed: a task runs in a private temporary cache on its worker and sends
 back the files a run leaves (its results and weights) through Ray's object store; the driver
@@ -36,17 +36,14 @@ def _put_files(cfg: RunConfig, files: dict[str, bytes]) -> None:
     store._atomic(runs.result_path(cfg), lambda tmp: Path(tmp).write_bytes(files["result"]))
 
 
-def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, threads: int) -> dict[str, dict[str, bytes]]:
-    """One task, in a worker: a run, or 2st runs sharing one stage 1 (trained together, as
-    runs.run_two_stage shares the frozen backbone's features), in a private cache; what they leave
-    is sent back (hash -> files), not left on the worker."""
+def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, threads: int):
+    """One task, in a worker (a Ray generator task): a run, or 2st runs sharing one stage 1 (trained
+    together, as runs.run_two_stage shares the frozen backbone's features), in a private cache.
+    Yields (hash, files) for each run as it finishes, so the driver writes it at once and an
+    interrupted or failed group keeps its finished runs; nothing is left on the worker."""
     import torch
     torch.set_num_threads(threads)
     cfgs = [RunConfig(**d) for d in cfg_dicts]
-    crash = os.environ.get("ACL_SWEEP_CRASH_ONCE")  # tests: the first task to start kills its worker
-    if crash and not os.path.exists(crash):
-        Path(crash).write_text(cfgs[0].hash)
-        os._exit(1)
     old = os.environ.get("ACL_CACHE")
     with tempfile.TemporaryDirectory(prefix="acl-sweep-") as tmp:
         os.environ["ACL_CACHE"] = tmp
@@ -54,10 +51,11 @@ def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, thread
             if stage1_files is not None:
                 _put_files(cfgs[0].stage1(), stage1_files)
             if cfgs[0].strategy == "2st":
-                runs.run_two_stage(cfgs, progress=False)
+                for c in runs.two_stage_each(cfgs, progress=False):
+                    yield c.hash, _run_files(c)
             else:
                 runs.run(cfgs[0], progress=False)
-            return {c.hash: _run_files(c) for c in cfgs}
+                yield cfgs[0].hash, _run_files(cfgs[0])
         finally:
             if old is None:
                 os.environ.pop("ACL_CACHE", None)
@@ -116,6 +114,9 @@ def missing_runs(profile: str, chapters=None) -> list[RunConfig]:
     return [c for cfgs in plan.book_plan(profile, chapters).values() for c in cfgs if runs.load_result(c) is None]
 
 
+_NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1, workers: int | None = None,
           max_retries: int = 3, progress: bool = True, configs=None) -> dict:
     """Run the plan's missing runs on Ray. address: "local" starts a Ray instance on this machine
@@ -130,13 +131,32 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
             else [c for c in configs if runs.load_result(c) is None])
     started = address == "local"
     if started:
+        # Ray replaces a node address of 127.0.0.1 by the machine's reachable one and then listens
+        # there and on all interfaces; with its cluster mode off (the variable's name says Windows
+        # and macOS, where that is the default) every process of the instance binds to 127.0.0.1
+        # (tests/test_sweep.py checks the sockets). Undone after, so a later sweep can join a cluster.
+        from ray._private import ray_constants
+        saved = os.environ.get(_NO_CLUSTER), ray_constants.ENABLE_RAY_CLUSTER
+        os.environ[_NO_CLUSTER], ray_constants.ENABLE_RAY_CLUSTER = "0", False
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False, configure_logging=False)
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     counts = {"planned_missing": len(todo), "trained": 0, "skipped": 0, "failed": 0}
+    held: dict[str, RunConfig] = {}  # this driver's claims, all released on the way out
+
+    def claim(c: RunConfig) -> bool:
+        if _claim(c):
+            held[c.hash] = c
+            return True
+        return False
+
+    def release(c: RunConfig) -> None:
+        _release(c)
+        held.pop(c.hash, None)
+
     bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress)
-    pending: dict = {}  # ref -> the configs of its task
+    pending: dict = {}  # task (a generator of refs) -> its runs not yet sent back, by hash
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         per_run = {"num_gpus": 1} if gpus else {"num_cpus": threads}
@@ -159,16 +179,16 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         release_waiting()
         while ready or pending or waiting:
             for unit in ready:
-                mine = [c for c in unit if _claim(c)]
+                mine = [c for c in unit if claim(c)]
                 for c in [c for c in mine if runs.load_result(c) is not None]:  # finished meanwhile elsewhere
-                    _release(c)
+                    release(c)
                     mine.remove(c)
                 counts["skipped"] += len(unit) - len(mine)
                 bar.update(len(unit) - len(mine))
                 if not mine:
                     continue
                 files1 = _run_files(mine[0].stage1()) if mine[0].strategy in AFTER_STAGE1 else None
-                pending[task.remote([c.to_dict() for c in mine], files1, threads)] = mine
+                pending[task.remote([c.to_dict() for c in mine], files1, threads)] = {c.hash: c for c in mine}
             ready = []
             if not pending:
                 release_waiting()
@@ -179,32 +199,52 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                     break
                 continue
             finished, _ = ray.wait(list(pending), num_returns=1)
-            for ref in finished:
-                unit = pending.pop(ref)
+            for gen in finished:
+                left = pending[gen]
                 try:
-                    files = ray.get(ref)
-                    for c in unit:
-                        _put_files(c, files[c.hash])
-                    counts["trained"] += len(unit)
-                except Exception as err:  # a task that fails for good: say which, keep going
-                    counts["failed"] += len(unit)
-                    failed1.update(c.hash for c in unit if c.strategy not in AFTER_STAGE1)
+                    key, files = ray.get(next(gen))
+                    if key in left:  # a retried task sends again what its first attempt sent: written once
+                        _put_files(left[key], files)
+                        release(left.pop(key))
+                        counts["trained"] += 1
+                        bar.update(1)
+                    if not left:  # every run is back: done with it (not waiting on its end of stream)
+                        del pending[gen]
+                except StopIteration:
+                    del pending[gen]
+                    why = "its task ended without it"
+                except Exception as err:  # a task that fails for good, or a write that failed: say which, go on
+                    del pending[gen]
+                    try:
+                        ray.cancel(gen, force=True)  # no one reads it any more
+                    except Exception:
+                        pass
                     text = str(err).strip()
-                    print(f"run {unit[0].hash}{' and its group' if len(unit) > 1 else ''} failed: "
-                          f"{text.splitlines()[-1] if text else type(err).__name__}", file=sys.stderr)
-                finally:
-                    for c in unit:
-                        _release(c)
-                bar.update(len(unit))
+                    why = text.splitlines()[-1] if text else type(err).__name__
+                else:
+                    continue
+                if left:  # the task ended (or failed) without sending these: they failed
+                    counts["failed"] += len(left)
+                    failed1.update(h for h, c in left.items() if c.strategy not in AFTER_STAGE1)
+                    print(f"run {next(iter(left))}{f' and {len(left) - 1} more of its group' if len(left) > 1 else ''} "
+                          f"failed: {why}", file=sys.stderr)
+                    for c in list(left.values()):
+                        release(c)
+                    bar.update(len(left))
             release_waiting()
     except KeyboardInterrupt:
-        for ref, unit in pending.items():
-            ray.cancel(ref, force=True)
-            for c in unit:
-                _release(c)
+        for gen in pending:
+            ray.cancel(gen, force=True)  # the runs already sent back are written and kept
         raise
     finally:
+        for c in list(held.values()):
+            release(c)
         bar.close()
         if started:
             ray.shutdown()
+            if saved[0] is None:
+                os.environ.pop(_NO_CLUSTER, None)
+            else:
+                os.environ[_NO_CLUSTER] = saved[0]
+            ray_constants.ENABLE_RAY_CLUSTER = saved[1]
     return counts

@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="notebook names (default: all)")
     parser.add_argument("--no-build", action="store_true", help="execute only, do not build the book")
     parser.add_argument("--book-dir", default=str(ROOT / "book"), help="the book's sources (tests use a copy)")
+    parser.add_argument("--ray", metavar="ADDRESS", help="train the chapters' missing runs on Ray first "
+                        "(local|auto|HOST:PORT; acllib.sweep), inside the build's timing and record")
     args = parser.parse_args(argv)
     book = Path(args.book_dir).resolve()
     executed = book / "executed"
@@ -176,6 +178,16 @@ def main(argv=None) -> int:
     if speed is not None:
         print(f"day_speed: {speed:.3f} s per CE step (cpu profile, RTE batch of 32)", flush=True)
     t_start = time.perf_counter()
+    sweep_minutes = None
+    if args.ray:
+        from acllib import plan
+        from acllib.sweep import sweep
+        chapters = None if args.only is None else [n for n in names if n in plan.CHAPTERS]
+        if chapters != []:
+            print(f"== the chapters' missing runs on Ray ({args.ray})", flush=True)
+            counts = sweep(args.profile, chapters, address=args.ray)
+            sweep_minutes = (time.perf_counter() - t_start) / 60
+            print(f"   done in {sweep_minutes:.1f} min: {counts}", flush=True)
     for name in names:
         print(f"== {name} (profile {args.profile})", flush=True)
         seconds = execute(name, args.profile, executed)
@@ -206,6 +218,8 @@ def main(argv=None) -> int:
               "kind": "cold" if runs_before == 0 else ("warm" if runs_after == runs_before else "partial"),
               "peak_rss_gb": round(peak_gb, 2), "commit": _commit(),
               "ce_step_s": None if speed is None else round(speed, 4),
+              "trained_on": f"ray ({args.ray})" if args.ray else "sequential",
+              "sweep_minutes": None if sweep_minutes is None else round(sweep_minutes, 2),
               "chapter_minutes": {n: round(timings[n]["seconds"] / 60, 2) for n in names if n in timings}}
     builds_path = store.cache_dir("book", args.profile) / "builds.json"
     builds = json.loads(builds_path.read_text()) if builds_path.exists() else []

@@ -1,4 +1,5 @@
-"""environment.yml (conda) and requirements.txt (pip) describe the same environment."""
+"""environment.yml (conda) and requirements.txt (pip) describe the same environment; the Makefile
+trains the way the whole-book benchmark measured faster."""
 import re
 
 from acllib.store import REPO
@@ -40,3 +41,17 @@ def test_every_requirement_is_pinned():
         line = line.split("#", 1)[0].strip()
         if line:
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[^\s]+", line), f"unpinned requirement: {line}"
+
+
+def test_make_book_trains_the_way_measured_faster():
+    """The issue's rule: `make book` trains the way that was faster on the cpu book's runs
+    (benchmarks/ray_vs_sequential.py, whole book, the last record); the differences chapter says so."""
+    import json
+    records = json.loads((REPO / "benchmarks" / "records" / "ray_vs_sequential.json").read_text())
+    from acllib import plan
+    book = [n.split("_")[0] for n in plan.chapter_names()]
+    whole = [r for r in records if r["profile"] == "cpu" and r["chapters"] == book and not r["seeds"]]
+    assert whole, "no whole-book Ray against sequential measurement for the current chapters"
+    default = re.search(r"^RAY_ADDRESS\s*\?=\s*(\S*)", (REPO / "Makefile").read_text(), re.M)
+    expected = "local" if whole[-1]["ray_over_sequential"] < 1 else ""
+    assert (default.group(1) if default else "") == expected

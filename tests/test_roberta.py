@@ -40,9 +40,12 @@ STRATEGIES = {
     "single CE": dict(method="ce"),
     "single ACL": dict(method="acl"),
     "single CE+SCL": dict(method="ce+scl"),
+    "single ACL-Embed": dict(method="acl-embed"),
     "direct": dict(strategy="direct", depth=2),
     "2st ACL": dict(strategy="2st", **TABLE2_ROWS["ACL"]),
     "2st linear": dict(strategy="2st", method="ce", exit="linear"),
+    "2st linear-cls": dict(strategy="2st", method="ce", exit="linear-cls"),
+    "2st linear-mean": dict(strategy="2st", method="ce", exit="linear-mean"),
     "jt linear": dict(strategy="jt", exit="linear"),
     "alt mha": dict(strategy="alt", exit="mha"),
 }
@@ -59,8 +62,45 @@ def test_every_strategy_trains_and_scores_on_tiny_roberta(cache, name):
     assert result["n_train"] == 48
 
 
-def test_early_exit_runs_on_tiny_roberta(cache):
-    cfg = make_config("smoke", "rte", backbone="tiny-roberta", seed=1, strategy="2st", **TABLE2_ROWS["ACL"])
+def test_compression_baselines_run_on_tiny_roberta(cache):
+    """Table 1's head pruning and module replacing on RoBERTa (the paper's Table 1 has RoBERTa rows)."""
+    hp = runs.run(make_config("smoke", "rte", backbone="tiny-roberta", seed=1, strategy="headprune"), progress=False)
+    ratios = [p["flops_ratio"] for p in hp["path"]]
+    assert ratios[0] == 1.0 and all(a > b for a, b in zip(ratios, ratios[1:]))
+    assert hp["target"]["flops_ratio"] <= hp["target_flops_ratio"]
+    th = runs.run(make_config("smoke", "rte", backbone="tiny-roberta", seed=1, strategy="theseus"), progress=False)
+    assert set(th["score"]) == {"2"} and all(0.0 <= v <= 100.0 for v in th["score"].values())
+
+
+@pytest.mark.parametrize("kind", [dict(**TABLE2_ROWS["ACL"]), dict(method="ce", exit="linear")])
+def test_early_exit_runs_on_tiny_roberta(cache, kind):
+    cfg = make_config("smoke", "rte", backbone="tiny-roberta", seed=1, strategy="2st", **kind)
     rows = early_exit.evaluate_run(cfg, timing=False)
     assert {r["rule"] for r in rows} >= {"none"}
     assert all(r["flops_fraction"] > 0.0 for r in rows) and rows[0]["flops_fraction"] == 1.0
+
+
+@pytest.mark.parametrize("with_pooler", [False, True])
+def test_a_roberta_checkpoint_folder_loads_as_from_pretrained_would(cache, tmp_path, with_pooler):
+    """The hub path on a folder: AutoModel loads a saved RoBERTa (safetensors); a checkpoint without
+    pooler weights (roberta-base's) leaves the linear exits no pre-trained pooler, one with them does;
+    and a run trains on it."""
+    from transformers import RobertaConfig, RobertaModel
+    from acllib.models import TINY_ROBERTA
+    tok = load_tokenizer("tiny-roberta")
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, **TINY_ROBERTA)
+    saved = RobertaModel(cfg, add_pooling_layer=with_pooler)
+    folder = tmp_path / "roberta-folder"
+    saved.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    assert (folder / "model.safetensors").is_file()
+    model = load_backbone(str(folder), dropout=0.0)
+    assert (model.pretrained_pooler is not None) == with_pooler
+    if with_pooler:
+        torch.testing.assert_close(model.pretrained_pooler["weight"], saved.pooler.dense.weight)
+    torch.testing.assert_close(model.embeddings.word_embeddings.weight, saved.embeddings.word_embeddings.weight)
+    run = runs.run(make_config("smoke", "rte", backbone=str(folder), seed=1, strategy="2st", method="ce",
+                               exit="linear"), progress=False)
+    assert set(run["score"]) == {"1", "2", "3", "4"}

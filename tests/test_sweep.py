@@ -1,5 +1,6 @@
 """Sweeps on a local Ray instance that each test starts (bound to 127.0.0.1) and stops: results
-equal sequential runs', a worker killed mid-run has its run retried, two sweeps on one cache train
+equal sequential runs', a worker the test kills mid-run has its run retried, Ctrl-C keeps every
+finished run, a damaged results file is reported once and swept again, two sweeps on one cache train
 each run once."""
 import os
 import re
@@ -51,13 +52,122 @@ def test_sweep_results_equal_sequential_runs(fresh_cache, tmp_path, monkeypatch)
         torch.set_num_threads(threads)
 
 
-def test_a_worker_killed_mid_run_has_its_run_retried(fresh_cache, tmp_path, monkeypatch):
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv("ACL_SWEEP_CRASH_ONCE", str(marker))  # the first task to start kills its worker
-    counts = _sweep()
-    assert marker.exists()
-    assert counts["trained"] == counts["planned_missing"] and counts["failed"] == 0
+def _our_workers_running_a_task() -> list:
+    """The Ray workers of an instance this test started (descendants of this process, so no other
+    Ray on the machine is touched) that are running a task: Ray titles them ray::execute."""
+    import psutil
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::execute"):
+                out.append(proc)
+        except psutil.Error:
+            pass
+    return out
+
+
+GROUP_STAGE2_EPOCHS = 60  # a stage 2 of seconds, so that a kill or Ctrl-C lands inside the group
+
+
+def _group() -> list:
+    """A stage 1 and the 2st runs that share it, which a sweep trains as one task: Table 2's rows on
+    a CE backbone."""
+    from acllib.config import TABLE2_ROWS, make_config
+    variants = [make_config("smoke", "rte", strategy="2st", seed=1, stage2_epochs=GROUP_STAGE2_EPOCHS, **row)
+                for row in TABLE2_ROWS.values() if row["method"] == "ce"][:3]
+    assert len(variants) == 3 and len({c.stage1().hash for c in variants}) == 1
+    return [variants[0].stage1(), *variants]
+
+
+def test_a_worker_killed_inside_a_group_keeps_its_finished_runs_and_the_retry_does_the_rest(fresh_cache):
+    """The test kills the worker of a 2st group once the group's first run is back: that run is kept
+    (written once, before the kill), Ray retries the task, the others are written after. Meanwhile
+    it checks that the Ray instance listens on 127.0.0.1 only."""
+    import threading
+    import time
+    import psutil
+    from acllib.sweep import sweep
+    group = _group()
+    variants = group[1:]
+    state, listening, stop = {}, set(), threading.Event()
+
+    def kill_when_the_first_run_is_back():
+        deadline = time.monotonic() + 300
+        while not stop.is_set() and time.monotonic() < deadline:
+            if any(runs.result_path(c).exists() for c in variants):
+                for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+                    try:
+                        listening.update(c.laddr.ip for c in p.net_connections(kind="inet")
+                                         if c.status == psutil.CONN_LISTEN)
+                    except psutil.Error:
+                        pass
+                for proc in _our_workers_running_a_task():  # the group's, the only task left
+                    state["killed_at"] = time.time_ns()
+                    proc.kill()
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_when_the_first_run_is_back)
+    killer.start()
+    try:
+        counts = sweep("smoke", address="local", workers=2, threads=1, progress=False, configs=group)
+    finally:
+        stop.set()
+        killer.join()
+    assert "killed_at" in state, "the group's worker was not seen running"
+    assert counts == {"planned_missing": 4, "trained": 4, "skipped": 0, "failed": 0}
+    written = {c.hash: runs.result_path(c).stat().st_mtime_ns for c in variants}
+    before = [h for h, t in written.items() if t < state["killed_at"]]
+    assert 1 <= len(before) < len(variants), written  # kept from the first attempt, the rest retried
+    assert all(runs.load_result(c) and runs.model_path(c).exists() for c in group)
     assert not list(store.cache_dir("runs").glob("*.claim"))
+    assert listening and {ip.removeprefix("::ffff:") for ip in listening} <= {"127.0.0.1"}, listening  # this machine only
+
+
+def test_ctrl_c_keeps_every_finished_run_and_a_sweep_finishes_the_rest(fresh_cache):
+    import signal
+    import time
+    group = _group()
+    variants = group[1:]
+    script = ("from acllib.sweep import sweep\nfrom tests.test_sweep import _group\n"
+              "sweep('smoke', address='local', workers=1, progress=False, configs=_group())\n")
+    env = {**os.environ, "ACL_CACHE": str(fresh_cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while (time.monotonic() < deadline and proc.poll() is None
+               and not any(runs.result_path(c).exists() for c in variants)):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+    kept = [c for c in variants if runs.result_path(c).exists()]
+    assert 1 <= len(kept) < len(variants)  # interrupted inside the group, its finished run kept
+    assert all(runs.load_result(c) and runs.model_path(c).exists() for c in [group[0], *kept])  # whole, with weights
+    assert not list(store.cache_dir("runs").glob("*.claim"))
+    counts = _sweep(configs=group)
+    assert counts["trained"] == len(variants) - len(kept) and counts["failed"] == 0
+
+
+def test_a_damaged_results_file_is_reported_once_and_swept_again(fresh_cache, capfd):
+    planned = [c for cfgs in plan.book_plan("smoke", CHAPTER).values() for c in cfgs]
+    _sweep()
+    stage1 = next(c for c in planned if c.strategy == "single")
+    two_stage = next(c for c in planned if c.strategy == "2st")
+    truncated = runs.result_path(stage1).read_text()
+    runs.result_path(stage1).write_text(truncated[: len(truncated) // 2])
+    other = next(c for c in planned if c.strategy == "2st" and c.hash != two_stage.hash)
+    runs.result_path(two_stage).write_text(runs.result_path(other).read_text())  # valid, but another config
+    capfd.readouterr()
+    counts = _sweep()
+    err = [line for line in capfd.readouterr().err.splitlines() if "is not the complete result" in line]
+    assert sorted(h for line in err for h in (stage1.hash, two_stage.hash) if h in line) == sorted([stage1.hash, two_stage.hash])
+    assert counts["trained"] == 2 and counts["failed"] == 0
+    assert runs.load_result(stage1)["hash"] == stage1.hash and runs.load_result(two_stage)["hash"] == two_stage.hash
 
 
 def test_two_sweeps_on_one_cache_train_each_run_once(fresh_cache):
@@ -72,3 +182,23 @@ def test_two_sweeps_on_one_cache_train_each_run_once(fresh_cache):
     planned = sum(len(c) for c in plan.book_plan("smoke", CHAPTER).values())
     assert sum(trained) == planned
     assert all(runs.load_result(c) for cfgs in plan.book_plan("smoke", CHAPTER).values() for c in cfgs)
+
+
+
+def test_the_book_build_trains_on_ray_first_and_records_it(fresh_cache, tmp_path):
+    """`make book RAY_ADDRESS=...` (book/build.py --ray): the sweep trains the chapter's runs, inside
+    the build's timing; the notebook then finds them all in the cache."""
+    import json
+    import shutil
+    book = tmp_path / "book"
+    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("_build", "executed", "_vendor"))
+    env = {**os.environ, "ACL_CACHE": str(fresh_cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke", "--only",
+                           "06_tsne", "--no-build", "--ray", "local", "--book-dir", str(book)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    planned = sum(len(c) for c in plan.book_plan("smoke", CHAPTER).values())
+    assert f"'trained': {planned}," in proc.stdout  # the sweep trained every run: the notebook none
+    record = json.loads((fresh_cache / "book" / "smoke" / "builds.json").read_text())[-1]
+    assert record["trained_on"] == "ray (local)" and record["runs_trained"] == planned
+    assert 0 < record["sweep_minutes"] <= record["minutes"]
