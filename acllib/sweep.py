@@ -110,11 +110,37 @@ def _release(cfg: RunConfig) -> None:
     _claim_path(cfg).unlink(missing_ok=True)
 
 
+TIMINGS = store.REPO / "benchmarks" / "records" / "ray_vs_sequential.json"
+
+
+def whole_book_timing(records: list[dict] | None = None) -> dict | None:
+    """The newest Ray-against-sequential measurement of the cpu book's whole plan (every current
+    chapter, every seed; benchmarks/ray_vs_sequential.py), or None."""
+    records = json.loads(TIMINGS.read_text()) if records is None and TIMINGS.exists() else records or []
+    book = [n.split("_")[0] for n in plan.chapter_names()]
+    whole = [r for r in records if r["profile"] == "cpu" and r["chapters"] == book and not r["seeds"]]
+    return whole[-1] if whole else None
+
+
+def faster_way(timing: dict) -> str:
+    """The issue's rule: `make book` trains the way that took less time ("ray" or "sequential")."""
+    return "ray" if timing["ray_over_sequential"] < 1 else "sequential"
+
+
 def missing_runs(profile: str, chapters=None) -> list[RunConfig]:
     return [c for cfgs in plan.book_plan(profile, chapters).values() for c in cfgs if runs.load_result(c) is None]
 
 
 _NO_CLUSTER = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _restore_cluster_mode(saved: tuple) -> None:
+    from ray._private import ray_constants
+    if saved[0] is None:
+        os.environ.pop(_NO_CLUSTER, None)
+    else:
+        os.environ[_NO_CLUSTER] = saved[0]
+    ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1, workers: int | None = None,
@@ -138,8 +164,12 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         from ray._private import ray_constants
         saved = os.environ.get(_NO_CLUSTER), ray_constants.ENABLE_RAY_CLUSTER
         os.environ[_NO_CLUSTER], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                     log_to_driver=False, configure_logging=False)
+        except BaseException:
+            _restore_cluster_mode(saved)
+            raise
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     counts = {"planned_missing": len(todo), "trained": 0, "skipped": 0, "failed": 0}
@@ -242,9 +272,5 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         bar.close()
         if started:
             ray.shutdown()
-            if saved[0] is None:
-                os.environ.pop(_NO_CLUSTER, None)
-            else:
-                os.environ[_NO_CLUSTER] = saved[0]
-            ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+            _restore_cluster_mode(saved)
     return counts

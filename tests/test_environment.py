@@ -45,13 +45,20 @@ def test_every_requirement_is_pinned():
 
 def test_make_book_trains_the_way_measured_faster():
     """The issue's rule: `make book` trains the way that was faster on the cpu book's runs
-    (benchmarks/ray_vs_sequential.py, whole book, the last record); the differences chapter says so."""
-    import json
-    records = json.loads((REPO / "benchmarks" / "records" / "ray_vs_sequential.json").read_text())
-    from acllib import plan
-    book = [n.split("_")[0] for n in plan.chapter_names()]
-    whole = [r for r in records if r["profile"] == "cpu" and r["chapters"] == book and not r["seeds"]]
-    assert whole, "no whole-book Ray against sequential measurement for the current chapters"
+    (benchmarks/ray_vs_sequential.py, whole book, the newest record); the differences chapter says so."""
+    from acllib.sweep import faster_way, whole_book_timing
+    timing = whole_book_timing()
+    assert timing, "no whole-book Ray against sequential measurement for the current chapters"
     default = re.search(r"^RAY_ADDRESS\s*\?=\s*(\S*)", (REPO / "Makefile").read_text(), re.M)
-    expected = "local" if whole[-1]["ray_over_sequential"] < 1 else ""
-    assert (default.group(1) if default else "") == expected
+    assert (default.group(1) if default else "") == {"ray": "local", "sequential": ""}[faster_way(timing)]
+
+
+def test_the_whole_book_timing_is_the_newest_record_of_every_chapter_and_seed():
+    from acllib import plan
+    from acllib.sweep import faster_way, whole_book_timing
+    book = [n.split("_")[0] for n in plan.chapter_names()]
+    rec = dict(profile="cpu", chapters=book, seeds=None, ray_over_sequential=0.9)
+    records = [rec, {**rec, "ray_over_sequential": 1.1}, {**rec, "seeds": [1, 2]}, {**rec, "chapters": book[:1]},
+               {**rec, "profile": "smoke"}]
+    assert whole_book_timing(records)["ray_over_sequential"] == 1.1 and faster_way(whole_book_timing(records)) == "sequential"
+    assert whole_book_timing(records[2:]) is None and faster_way(rec) == "ray"
