@@ -56,6 +56,13 @@ def _plan(args) -> int:
         print("hours here: FLOPs over that throughput alone (no planned run is in the cache to calibrate the overhead)")
     print(f"GPU-hours: {notes['gpu']}")
     print("token counts: " + "; ".join(notes["tokens"]))
+    from . import claims
+    power = claims.power_plan(args.profile)
+    basis = power.attrs["basis"]
+    print(f"seeds for the primary family (prospective power, planning basis: profile {basis['profile']}, commit "
+          f"{basis['commit']}, {basis['machine']}):")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(power.drop(columns="why").to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.runs:
         for name, cfgs in plan.book_plan(args.profile, args.chapters).items():
             for c in cfgs:
@@ -85,6 +92,41 @@ def _sweep(args) -> int:
     print(f"sweep of profile {args.profile!r}: {counts['planned_missing']} runs missing; trained {counts['trained']}, "
           f"skipped {counts['skipped']} (held by another sweep), failed {counts['failed']}")
     return 1 if counts["failed"] else 0
+
+
+def _claims(args) -> int:
+    import json
+    from pathlib import Path
+    import pandas as pd
+    from . import claim_tables, claims, plan
+    from .config import get_profile
+    try:
+        get_profile(args.profile)
+        tables = claim_tables.build(args.profile)
+        table, missing = claims.judge(args.profile, tables)
+    except (ValueError, OSError, RuntimeError) as err:
+        print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)
+        return 2
+    for line in missing:
+        print(f"missing: {line}")
+    print(f"claims of profile {args.profile!r}, computed from the run cache ({sum(len(set(h)) for h in tables.hashes.values())} runs)")
+    cols = ["id", "task", "kind", "family", "seeds", "ours", "p (Holm)", "verdict"]
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 70):
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    for fam in claims.FAMILIES:
+        print(f"{claims.FAMILIES[fam]}: " + ", ".join(f"{k}: {v}" for k, v in claims.counts(table, family=fam).items()))
+    if args.out:
+        out = Path(args.out)
+        table.to_csv(out, index=False)
+        ledger = out.with_suffix(".json")
+        ledger.write_text(json.dumps({"profile": args.profile, "rows": claims.ledger(table, tables), "missing": missing},
+                                     indent=1) + "\n")
+        print(f"wrote {out} and {ledger}")
+    if args.planning_basis:
+        from .runs import _cpu_model, _git_commit
+        claims.write_planning_basis(table, args.profile, _git_commit(), _cpu_model())
+        print("wrote acllib/planning_basis.json")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -118,7 +160,15 @@ def main(argv=None) -> int:
     p_sweep.add_argument("--threads", type=int, default=1, help="CPU threads per run where the cluster has no GPU")
     p_sweep.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     p_sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_claims = sub.add_parser("claims", help="judge every claim from the run cache alone (no notebook)")
+    p_claims.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+    p_claims.add_argument("--out", default=None, help="write the table as CSV here, and its ledger beside it (.json)")
+    p_claims.add_argument("--planning-basis", action="store_true",
+                          help="record the rows' paired spreads as the planning basis (acllib/planning_basis.json)")
     args = parser.parse_args(argv)
+
+    if args.command == "claims":
+        return _claims(args)
 
     if args.command == "plan":
         return _plan(args)

@@ -9,23 +9,31 @@ from tqdm import tqdm
 from . import data as gdata
 from . import runs, store, train
 from .config import RunConfig
-from .losses import gradient_angle, supcon_loss
+from .losses import acl_embed_loss, gradient_angle, supcon_loss
 from .models import encoder_layers, load_tokenizer
 
 
-def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int | None = None) -> list[float]:
+FIXED_MODEL_AUX = ("scl", "acl-embed")
+
+
+def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int | None = None,
+                       aux: str = "scl") -> list[float]:
     """Sec. 4.1 / Figure 2: on the fine-tuned model of `cfg` with its parameters fixed, the angle
-    between g_SCL and g_CE over all parameters, for every training batch of one epoch (or the
-    first `max_batches` of that epoch's shuffled batches).
+    between the auxiliary loss's gradient (g_SCL, or with aux="acl-embed" g_ACL of sec. 4.3, the
+    exit's label embeddings joining the batch) and g_CE over all parameters, for every training
+    batch of one epoch (or the first `max_batches` of that epoch's shuffled batches).
 
     Dropout is off (eval mode) so the angles describe the model itself, not a dropout sample.
-    Cached in data_cache/analysis/<hash>-angles[-<max_batches>].json.
+    Cached in data_cache/analysis/<hash>-angles[-acl-embed][-<max_batches>].json.
     """
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches!r}")
+    if aux not in FIXED_MODEL_AUX:
+        raise ValueError(f"aux {aux!r} is not one of {', '.join(FIXED_MODEL_AUX)}")
     if cfg.strategy != "single":
         raise ValueError(f"fixed-model angles need a 'single' run, got strategy {cfg.strategy!r}")
-    path = store.cache_dir("analysis") / f"{cfg.hash}-angles{'' if max_batches is None else f'-{max_batches}'}.json"
+    tag = "" if aux == "scl" else f"-{aux}"
+    path = store.cache_dir("analysis") / f"{cfg.hash}-angles{tag}{'' if max_batches is None else f'-{max_batches}'}.json"
     if path.exists():
         return store.read_json(path)["angles"]
     model = runs.load_model(cfg, progress)
@@ -45,8 +53,11 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
         with train.autocast(cfg.precision):
             out = model(batch, [last])[0]
         ce = F.cross_entropy(out.logits.float(), batch["labels"])
-        scl = supcon_loss(out.rep, batch["labels"], cfg.tau)
-        angles.append(gradient_angle(scl, ce, params))
+        if aux == "scl":
+            aux_loss = supcon_loss(out.rep, batch["labels"], cfg.tau)
+        else:
+            aux_loss = acl_embed_loss(out.rep, batch["labels"], model.exit(last).label_embeddings, cfg.tau)
+        angles.append(gradient_angle(aux_loss, ce, params))
     store.write_json(path, {"config": cfg.to_dict(), "angles": angles})
     return angles
 

@@ -302,3 +302,16 @@ def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_exa
     store.write_json(path, {"config": cfg.to_dict(), "args": args, "hardware": runs.provenance(cfg)["device_name"],
                             "threads": threads, "rows": rows})
     return rows
+
+
+def quality_rows(cfg) -> list[dict]:
+    """The default grid's score and FLOPs fraction per setting of a finished run's model, without
+    latencies: read from any cached evaluate_run of that grid (timed or not: its scores and FLOPs
+    are the same), else evaluated untimed (and cached). What the claims' quality-speed trade-offs use."""
+    from . import store
+    grid = {k: [float(t) for t in v] for k, v in DEFAULT_GRID.items()}
+    for path in sorted(store.cache_dir("analysis").glob(f"{cfg.hash}-early-exit-*.json")):
+        cached = store.read_json(path)
+        if cached["args"]["grid"] == grid:
+            return [{k: r[k] for k in ("rule", "threshold", "score", "flops_fraction")} for r in cached["rows"]]
+    return [{k: r[k] for k in ("rule", "threshold", "score", "flops_fraction")} for r in evaluate_run(cfg, timing=False)]

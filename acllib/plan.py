@@ -188,7 +188,7 @@ def tsne(profile: str, tasks=None, seeds=None, backbones=None, overrides=None) -
 
 
 # Early exiting reuses the layer-curves chapter's multi-exit models (same configs, so the same runs).
-EARLY_EXIT_METHODS = ("JT", "2ST-linear", "2ST-MHA", "ALT", "ACL")
+EARLY_EXIT_METHODS = ("JT", "2ST-linear", "2ST-MHA", "2ST-MHA+KD", "ALT", "ACL")  # 2ST-MHA+KD: the claims' second baseline
 
 
 def early_exit(profile: str, tasks=None, seeds=None, backbones=None, overrides=None) -> ChapterPlan:
