@@ -35,6 +35,7 @@ Kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -261,12 +262,18 @@ def book_claims() -> list[Claim]:
         tag = "all" if with_one else "no1"
         lam_why = f"{LAMBDA_MARGIN} point of every λ from λ = 0.02: the paper calls a 0.7-point range sensitive, 0.2 insensitive"
         f = {"reading": "additive", "with_one": with_one}
+        lams = [x for x in t3["lambdas"] if with_one or x != 1.0]
+        # the paper's largest |λ mean - λ = 0.02 mean| over the λ tested
+        worst = lambda key, lams=lams: max(abs(dict(zip(t3["lambdas"], t3[key]))[x] - dict(zip(t3["lambdas"], t3[key]))[0.02])
+                                           for x in lams)
         claims.append(Claim(f"t3-acl-flat-{tag}", f"ACL is not sensitive to λ{suffix}", "05_table3_lambda", "table3", "lambda-flat",
                             f"range {max(t3['acl']) - min(t3['acl']):.1f} over λ (Table 3, RTE)", a="ACL",
-                            value="cross-layer average", margin=LAMBDA_MARGIN, margin_why=lam_why, filter=f, learned_check="none"))
+                            value="cross-layer average", margin=LAMBDA_MARGIN, margin_why=lam_why, filter=f, learned_check="none",
+                            paper_effect=lambda family, task, w=worst("acl"): w))
         claims.append(Claim(f"t3-scl-sensitive-{tag}", f"CE+SCL is sensitive to λ{suffix}", "05_table3_lambda", "table3",
                             "lambda-effect", f"range {max(t3['ce+scl']) - min(t3['ce+scl']):.1f} over λ (Table 3, RTE)", a="CE+SCL",
-                            value="cross-layer average", margin=LAMBDA_MARGIN, margin_why=lam_why, filter=f, learned_check="none"))
+                            value="cross-layer average", margin=LAMBDA_MARGIN, margin_why=lam_why, filter=f, learned_check="none",
+                            paper_effect=lambda family, task, w=worst("ce+scl"): w))
         claims.append(Claim(f"t3-less-{tag}", f"ACL is less sensitive to λ than CE+SCL{suffix} (each seed's sd over λ)",
                             "05_table3_lambda", "table3", "lambda-less",
                             f"sd over λ {np.std(t3['acl'], ddof=1):.2f} vs {np.std(t3['ce+scl'], ddof=1):.2f} (Table 3)",
@@ -306,16 +313,17 @@ def book_claims() -> list[Claim]:
 
 
 # ------------------------------------------------------------------------------- the panels
+@lru_cache(maxsize=64)
+def _chapter(profile: str, name: str) -> plan.ChapterPlan:
+    return plan.CHAPTERS[name](profile)
+
+
 def panels(profile: str, c: Claim) -> list[tuple[str | None, str]]:
     """The (backbone, task) panels the profile's plan gives a claim, fixed before any run."""
-    chapter = {"01_pilot_angles": plan.pilot, "02_table1": plan.table1, "03_layer_curves": plan.layer_curves,
-               "04_table2_ablation": plan.table2, "05_table3_lambda": plan.table3, "06_tsne": plan.tsne,
-               "07_early_exit": plan.early_exit, "08_few_shot": plan.few_shot}[c.chapter](profile)
-    if c.id == "pilot-small-lambda":
-        chapter = plan.table3(profile)
+    chapter = _chapter(profile, "05_table3_lambda" if c.id == "pilot-small-lambda" else c.chapter)
     if c.id == "grad-full":  # ACL (Table 1) against the pilot's ACL-Embed: the tasks both run
-        pilot_tasks = plan.pilot(profile).tasks
-        return [(b, t) for b, t in plan.table1(profile).panels if t in pilot_tasks]
+        pilot_tasks = _chapter(profile, "01_pilot_angles").tasks
+        return [(b, t) for b, t in _chapter(profile, "02_table1").panels if t in pilot_tasks]
     if c.chapter == "01_pilot_angles":
         return [(chapter.backbone, t) for t in chapter.tasks]
     return list(chapter.panels) if c.chapter in ("02_table1", "03_layer_curves", "08_few_shot") else \
@@ -523,7 +531,7 @@ def _lambda_case(c: Claim, d: pd.DataFrame):
         tests = [stats.equivalence_test(t[lam].values, t[0.02].values, LAMBDA_MARGIN) for lam in others]
         return {"p_equiv": max(r["p_equiv"] for r in tests),  # intersection-union: every λ within the margin
                 "p_nonequiv": min(1.0, len(tests) * min(r["p_nonequiv"] for r in tests)),  # Bonferroni: some λ outside
-                "worst": max(abs(r["diff"]) for r in tests)}
+                "worst": max(abs(r["diff"]) for r in tests), "sd": max(r["sd"] for r in tests), "lambdas": len(tests)}
 
     def test(keep):
         if c.kind == "lambda-flat":
@@ -681,8 +689,12 @@ def effect_of_interest(c: Claim, kind: str, backbone, task) -> float:
     effect = c.paper_effect(_family_of(backbone), task) if c.paper_effect else np.nan
     signed = c.expected_sign * effect if not np.isnan(effect) else np.nan
     smallest = SMALLEST_EFFECT / 10 if c.derive == "share-over-90" else SMALLEST_EFFECT
-    if kind == "difference":
+    if kind in ("difference", "lambda-less"):
         return signed if not np.isnan(signed) and signed > 0 else smallest
+    if kind == "lambda-flat":  # the worst λ's distance inside the margin
+        return c.margin - min(effect if not np.isnan(effect) else 0.0, c.margin)
+    if kind == "lambda-effect":  # the worst λ's distance beyond the margin (0: the paper's sits on it)
+        return max(0.0, effect - c.margin) if not np.isnan(effect) else np.nan
     if kind == "noninferiority":
         return c.margin + max(0.0, signed if not np.isnan(signed) else 0.0)
     if kind == "equivalence":
@@ -696,6 +708,18 @@ def row_power(c: Claim, kind: str, backbone, task, sd: float, n: int, level: flo
     if np.isnan(sd) or np.isnan(effect) or n < 2:
         return np.nan, np.nan
     from statsmodels.stats.power import TTestPower
+    lambdas = 5 if c.filter.get("with_one", True) else 4  # the λ compared with λ = 0.02
+    if kind == "lambda-flat":  # every λ's TOST must pass: at least 1 - k (1 - one TOST's power)
+        reach = lambda m: max(0.0, 1 - lambdas * (1 - stats.tost_power(sd, m, c.margin, level, true_diff=c.margin - effect)))
+        need = next((m for m in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if reach(m) >= POWER), np.inf)
+        return reach(n), float(need)
+    if kind == "lambda-effect":  # one λ beyond the margin, at level / k (Bonferroni over the λ)
+        if effect <= 0:
+            return float(level / lambdas), np.inf
+        power = float(TTestPower().power(effect_size=effect / sd, nobs=n, alpha=level / lambdas, alternative="larger"))
+        return power, stats.pairs_needed(effect, sd, level / lambdas, POWER, alternative="larger")
+    if kind == "lambda-less":
+        kind = "difference"
     if kind == "equivalence":
         true = c.margin - effect
         reach = lambda m: stats.tost_power(sd, m, c.margin, level, true_diff=true)
@@ -857,11 +881,10 @@ def power_plan(profile: str, family: str = "primary", alpha: float = ALPHA) -> p
     cs = [c for c in book_claims() if c.family == family and c.kind != "not_testable"]
     rows = []
     for c in cs:
-        chapter = {"02_table1": plan.table1, "03_layer_curves": plan.layer_curves}.get(c.chapter)
         for backbone, task in panels(profile, c):
             label = task if len({b for b, _ in panels(profile, c)}) == 1 else f"{task} [{backbone}]"
             kind = _kind_on(c, backbone, task)
-            seeds = len(chapter(profile).seeds) if chapter else np.nan
+            seeds = len(_chapter(profile, c.chapter).seeds)
             rows.append({"id": c.id, "task": label, "kind": kind, "why": PRIMARY_WHY.get(c.id, ""),
                          "planning sd": basis.get("rows", {}).get(f"{c.id}|{label}", {}).get("sd", np.nan),
                          "effect of interest": effect_of_interest(c, kind, backbone, task), "seeds": seeds})

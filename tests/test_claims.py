@@ -339,3 +339,21 @@ def test_replicability_counts_the_tasks_where_an_effect_holds():
 def test_the_tables_keep_their_declared_columns():
     with pytest.raises(ValueError, match="table1"):
         claim_tables.from_frames(PROFILE, {"table1": pd.DataFrame({"row": ["CE"]})})
+
+
+def test_lambda_rows_get_prospective_power():
+    """Issue #24: λ rows never had power. 'Not sensitive' is powered at the paper's worst λ (0.2
+    from λ = 0.02 for ACL) inside the margin, every λ's TOST at once; 'sensitive' at the paper's
+    worst λ for CE+SCL (0.7) beyond it, at level / 5; 'less sensitive' at the paper's sd difference."""
+    by_id = {c.id: c for c in claims.book_claims()}
+    flat, sens, less = by_id["t3-acl-flat-all"], by_id["t3-scl-sensitive-all"], by_id["t3-less-all"]
+    assert claims.effect_of_interest(flat, "lambda-flat", None, "sst2") == pytest.approx(0.3)
+    assert claims.effect_of_interest(sens, "lambda-effect", None, "sst2") == pytest.approx(0.2)
+    sd_acl, sd_scl = np.std(paper.numbers()["table3"]["acl"], ddof=1), np.std(paper.numbers()["table3"]["ce+scl"], ddof=1)
+    assert claims.effect_of_interest(less, "lambda-less", None, "sst2") == pytest.approx(sd_scl - sd_acl)
+    p_flat, n_flat = claims.row_power(flat, "lambda-flat", None, "sst2", sd=0.2, n=8, level=0.01)
+    one = stats.tost_power(0.2, 8, 0.5, 0.01, true_diff=0.2)
+    assert p_flat == pytest.approx(max(0.0, 1 - 5 * (1 - one)))
+    from statsmodels.stats.power import TTestPower
+    p_sens, _ = claims.row_power(sens, "lambda-effect", None, "sst2", sd=0.3, n=8, level=0.01)
+    assert p_sens == pytest.approx(TTestPower().power(effect_size=0.2 / 0.3, nobs=8, alpha=0.002, alternative="larger"))
