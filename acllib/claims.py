@@ -857,6 +857,13 @@ def ledger(table: pd.DataFrame, tables: claim_tables.Tables) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- the design
+def _row_seeds(profile: str, c: Claim) -> list[int]:
+    """The seeds a claim's two rows share in the profile's plan (Table 1's rows may have their own)."""
+    chapter = _chapter(profile, c.chapter)
+    own = chapter.extra.get("row_seeds", {})
+    return sorted(set(own.get(c.a, chapter.seeds)) & set(own.get(c.b, chapter.seeds)))
+
+
 def write_planning_basis(table: pd.DataFrame, profile: str, commit: str, machine: str, path=None) -> dict:
     """Record each tested row's paired spread (the sd of its per-seed differences) as the planning
     basis of later designs: acllib/planning_basis.json, with the build's profile, commit and machine."""
@@ -884,7 +891,7 @@ def power_plan(profile: str, family: str = "primary", alpha: float = ALPHA) -> p
         for backbone, task in panels(profile, c):
             label = task if len({b for b, _ in panels(profile, c)}) == 1 else f"{task} [{backbone}]"
             kind = _kind_on(c, backbone, task)
-            seeds = len(_chapter(profile, c.chapter).seeds)
+            seeds = len(_row_seeds(profile, c))
             rows.append({"id": c.id, "task": label, "kind": kind, "why": PRIMARY_WHY.get(c.id, ""),
                          "planning sd": basis.get("rows", {}).get(f"{c.id}|{label}", {}).get("sd", np.nan),
                          "effect of interest": effect_of_interest(c, kind, backbone, task), "seeds": seeds})

@@ -106,14 +106,18 @@ def table1_rows(depth: int, family: str = "BERT") -> dict[str, tuple[dict, int |
 
 
 def table1(profile: str, tasks=None, seeds=None, backbones=None, overrides=None) -> ChapterPlan:
-    """Table 1 on each of the chapter's backbones: full fine-tuning and the half-depth models."""
+    """Table 1 on each of the chapter's backbones: full fine-tuning and the half-depth models. Rows
+    the profile gives more seeds (`row_seeds`: the primary family's, sized by its power analysis,
+    claims.power_plan) run on those; seeds given explicitly apply to every row."""
+    own = (get_profile(profile).chapter("table1", "row_seeds") or {}) if seeds is None else {}
     bs, tasks, seeds = _common(profile, "table1", tasks, seeds, backbones, False, overrides)
     runs = {}
     for b in bs:
         rows = table1_rows(backbone_depth(b), paper_family(b))
         runs |= {("row", label, b, t, s): make_config(profile, t, seed=s, **{**fields, **(overrides or {}), "backbone": b})
-                 for label, (fields, _, _) in rows.items() for t in tasks for s in seeds}
-    return ChapterPlan("02_table1", profile, bs, tasks, seeds, runs)
+                 for label, (fields, _, _) in rows.items() for t in tasks for s in own.get(label, seeds)}
+    return ChapterPlan("02_table1", profile, bs, tasks, seeds, runs,
+                       {"row_seeds": {label: list(s) for label, s in own.items()}})
 
 
 def method_seeds(profile: str, method: str, seeds) -> list[int]:

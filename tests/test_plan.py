@@ -115,7 +115,7 @@ def test_the_cpu_profile_runs_some_methods_and_tasks_on_fewer_seeds():
 
 def test_few_shot_sizes_get_enough_updates_and_the_full_size_reuses_table1():
     fs = plan.few_shot("cpu")
-    assert fs.extra["sizes"] == [20, 100] and fs.extra["small_seeds"] == list(range(1, 11))
+    assert fs.extra["sizes"] == [20, 100] and fs.extra["small_seeds"] == list(range(1, 9))
     for (m, b, t, n, s), c in fs.part("run").items():
         if n == "full":
             continue
@@ -145,3 +145,18 @@ def test_new_config_fields_leave_earlier_runs_names_alone():
     assert cfg.hash == hashlib.sha256(blob.encode()).hexdigest()[:16]  # as before the fields existed
     assert make_config("cpu", "sst2", method="acl", seed=3, train_size=20, train_subset="balanced-per-seed").hash != \
         make_config("cpu", "sst2", method="acl", seed=3, train_size=20).hash
+
+
+def test_table1_runs_the_primary_rows_on_their_own_seeds():
+    """cpu: Table 1's CE and ACL rows on 29 seeds (the primary family's power), the other rows on the
+    chapter's 8; seeds given explicitly apply to every row."""
+    t1 = plan.table1("cpu")
+    seeds = lambda label: sorted(s for (l, b, t, s) in t1.part("row") if l == label)
+    assert seeds("CE") == seeds("ACL") == list(range(1, 30))
+    assert seeds("CE+SCL") == list(range(1, 9)) and t1.seeds == list(range(1, 9))
+    given = plan.table1("cpu", seeds=[1, 2])
+    assert {s for (l, b, t, s) in given.part("row")} == {1, 2}
+    from acllib import claims
+    power = claims.power_plan("cpu").set_index("id")
+    assert power.loc["p-atleast-CE", "seeds"] == 29 and power.loc["p-atleast-CE+SCL", "seeds"] == 8
+    assert (power["power at these seeds"] >= 0.8).all()  # every primary row at 80% power on its planning basis
