@@ -119,7 +119,7 @@ def _claims(args) -> int:
         out = Path(args.out)
         table.to_csv(out, index=False)
         ledger = out.with_suffix(".json")
-        ledger.write_text(json.dumps({"profile": args.profile, "rows": claims.ledger(table, tables), "missing": missing},
+        ledger.write_text(json.dumps({"profile": args.profile, "rows": claims.ledger(table), "missing": missing},
                                      indent=1) + "\n")
         print(f"wrote {out} and {ledger}")
     if args.planning_basis:

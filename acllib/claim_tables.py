@@ -21,21 +21,22 @@ from .config import RunConfig, get_profile
 from .data import get_task
 from .models import load_tokenizer
 
+# every table but the majority floor carries, per row, the hash of the run it comes from
 COLUMNS = {
     "majority": ["task", "split", "majority"],
-    "pilot_scores": ["task", "method", "seed", "score"],
+    "pilot_scores": ["task", "method", "seed", "score", "run"],
     # one row per measured batch; aux: the auxiliary loss whose gradient is compared with CE's
-    "fixed_model_angles": ["task", "method", "aux", "seed", "batch", "angle"],
-    "acl_embed_angles": ["task", "seed", "step", "angle"],
-    "table1": ["row", "backbone", "task", "seed", "score"],
-    "layer_scores": ["method", "backbone", "task", "seed", "exit", "score"],
-    "table2": ["row", "task", "seed", "cross-layer average"],
-    "table3": ["reading", "method", "task", "lambda", "seed", "cross-layer average"],
+    "fixed_model_angles": ["task", "method", "aux", "seed", "batch", "angle", "run"],
+    "acl_embed_angles": ["task", "seed", "step", "angle", "run"],
+    "table1": ["row", "backbone", "task", "seed", "score", "run"],
+    "layer_scores": ["method", "backbone", "task", "seed", "exit", "score", "run"],
+    "table2": ["row", "task", "seed", "cross-layer average", "run"],
+    "table3": ["reading", "method", "task", "lambda", "seed", "cross-layer average", "run"],
     # the t-SNE chapter's exit: its score, how well its representations separate the classes
     # (silhouette, cosine), and how its label embeddings sit against the class centroids
-    "exit_representations": ["method", "task", "seed", "exit", "score", "silhouette", "label alignment"],
-    "early_exit": ["method", "task", "seed", "rule", "threshold", "score", "flops_fraction"],
-    "few_shot": ["backbone", "task", "method", "size", "size_label", "regime", "seed", "score"],
+    "exit_representations": ["method", "task", "seed", "exit", "score", "silhouette", "label alignment", "run"],
+    "early_exit": ["method", "task", "seed", "rule", "threshold", "score", "flops_fraction", "run"],
+    "few_shot": ["backbone", "task", "method", "size", "size_label", "regime", "seed", "score", "run"],
 }
 
 PILOT_METHODS = {"ce": "CE", "ce+scl": "CE+SCL"}
@@ -101,17 +102,18 @@ def _pilot(col: _Collector, profile: str) -> dict[str, list[dict]]:
         if r is None:
             continue
         col.note_majority(cfg, r)
-        scores.append({"task": t, "method": PILOT_METHODS[m], "seed": s, "score": analysis.score_of(r)})
+        scores.append({"task": t, "method": PILOT_METHODS[m], "seed": s, "score": analysis.score_of(r), "run": cfg.hash})
         for i, a in enumerate(analysis.fixed_model_angles(cfg, progress=False, max_batches=batches)):
-            angles.append({"task": t, "method": PILOT_METHODS[m], "aux": "scl", "seed": s, "batch": i, "angle": a})
+            angles.append({"task": t, "method": PILOT_METHODS[m], "aux": "scl", "seed": s, "batch": i, "angle": a, "run": cfg.hash})
     for (t, s), cfg in chapter.part("acl-embed").items():
         r = col.result("acl_embed_angles", cfg, "pilot ACL-Embed")
         if r is None:
             continue
-        log += [{"task": t, "seed": s, "step": a["step"], "angle": a["angle"]} for a in r["angles"]]
+        scores.append({"task": t, "method": "ACL-Embed", "seed": s, "score": analysis.score_of(r), "run": cfg.hash})
+        log += [{"task": t, "seed": s, "step": a["step"], "angle": a["angle"], "run": cfg.hash} for a in r["angles"]]
         # sec. 4.3's "aligns to a certain extent": the same fixed-model measurement with ACL-Embed's loss
         for i, a in enumerate(analysis.fixed_model_angles(cfg, progress=False, max_batches=batches, aux="acl-embed")):
-            angles.append({"task": t, "method": "ACL-Embed", "aux": "acl-embed", "seed": s, "batch": i, "angle": a})
+            angles.append({"task": t, "method": "ACL-Embed", "aux": "acl-embed", "seed": s, "batch": i, "angle": a, "run": cfg.hash})
     return {"pilot_scores": scores, "fixed_model_angles": angles, "acl_embed_angles": log}
 
 
@@ -125,7 +127,7 @@ def _table1(col: _Collector, profile: str) -> dict[str, list[dict]]:
         r = col.result("table1", cfg, f"Table 1 {label} [{b}]")
         if r is not None:
             col.note_majority(cfg, r)
-            rows.append({"row": label, "backbone": b, "task": t, "seed": s, "score": analysis.score_of(r, exits[b][label])})
+            rows.append({"row": label, "backbone": b, "task": t, "seed": s, "score": analysis.score_of(r, exits[b][label]), "run": cfg.hash})
     return {"table1": rows}
 
 
@@ -136,7 +138,8 @@ def _layer_curves(col: _Collector, profile: str) -> dict[str, list[dict]]:
         r = col.result("layer_scores", cfg, f"layer curves {m} [{b}]")
         if r is not None:
             col.note_majority(cfg, r)
-            rows += [{"method": m, "backbone": b, "task": t, "seed": s, "exit": int(e), "score": v} for e, v in r["score"].items()]
+            rows += [{"method": m, "backbone": b, "task": t, "seed": s, "exit": int(e), "score": v, "run": cfg.hash}
+                     for e, v in r["score"].items()]
     return {"layer_scores": rows}
 
 
@@ -146,7 +149,7 @@ def _table2(col: _Collector, profile: str) -> dict[str, list[dict]]:
         r = col.result("table2", cfg, f"Table 2 '{row}'")
         if r is not None:
             col.note_majority(cfg, r)
-            rows.append({"row": row, "task": t, "seed": s, "cross-layer average": analysis.cross_layer_average(r)})
+            rows.append({"row": row, "task": t, "seed": s, "cross-layer average": analysis.cross_layer_average(r), "run": cfg.hash})
     return {"table2": rows}
 
 
@@ -157,7 +160,7 @@ def _table3(col: _Collector, profile: str) -> dict[str, list[dict]]:
         if r is not None:
             col.note_majority(cfg, r)
             rows.append({"reading": reading, "method": m, "task": t, "lambda": lam, "seed": s,
-                         "cross-layer average": analysis.cross_layer_average(r)})
+                         "cross-layer average": analysis.cross_layer_average(r), "run": cfg.hash})
     return {"table3": rows}
 
 
@@ -195,7 +198,8 @@ def _tsne(col: _Collector, profile: str) -> dict[str, list[dict]]:
         labels = rep["labels"]
         sil = float(silhouette_score(rep["reps"], labels, metric="cosine")) if len(np.unique(labels)) > 1 else np.nan
         rows.append({"method": m, "task": cfg.task, "seed": s, "exit": layer, "score": rep["score"][get_task(cfg.task).metrics[0]],
-                     "silhouette": sil, "label alignment": label_alignment(rep["reps"], labels, rep["label_embeddings"])})
+                     "silhouette": sil, "label alignment": label_alignment(rep["reps"], labels, rep["label_embeddings"]),
+                     "run": cfg.hash})
     return {"exit_representations": rows}
 
 
@@ -207,7 +211,7 @@ def _early_exit(col: _Collector, profile: str) -> dict[str, list[dict]]:
             continue
         col.note_majority(cfg, r)
         rows += [{"method": m, "task": cfg.task, "seed": s, "rule": x["rule"], "threshold": x["threshold"],
-                  "score": x["score"], "flops_fraction": x["flops_fraction"]} for x in early_exit.quality_rows(cfg)]
+                  "score": x["score"], "flops_fraction": x["flops_fraction"], "run": cfg.hash} for x in early_exit.quality_rows(cfg)]
     return {"early_exit": rows}
 
 
@@ -221,7 +225,9 @@ def _few_shot(col: _Collector, profile: str) -> dict[str, list[dict]]:
             results[key] = r
     if not results:
         return {"few_shot": []}
-    return {"few_shot": analysis.few_shot_per_seed(chapter, results)[COLUMNS["few_shot"]].to_dict("records")}
+    per_seed = analysis.few_shot_per_seed(chapter, results)
+    per_seed["run"] = [chapter.runs[("run", *key)].hash for key in results]  # few_shot_per_seed keeps the results' order
+    return {"few_shot": per_seed[COLUMNS["few_shot"]].to_dict("records")}
 
 
 BUILDERS = {"01_pilot_angles": _pilot, "02_table1": _table1, "03_layer_curves": _layer_curves,
@@ -249,6 +255,8 @@ def from_frames(profile: str, frames: dict[str, pd.DataFrame]) -> Tables:
     for name, cols in COLUMNS.items():
         df = frames.get(name)
         if df is not None:
+            if "run" in cols and "run" not in df.columns:  # synthetic tables rest on no run
+                df = df.assign(run="")
             unknown = [c for c in cols if c not in df.columns]
             if unknown:
                 raise ValueError(f"table {name!r} lacks columns {unknown}; it has {list(df.columns)}")

@@ -590,6 +590,22 @@ def _learned(c: Claim, d: pd.DataFrame, tables, task) -> str:
     return floor + ", ".join(bad[:4]) + (" …" if len(bad) > 4 else "") if bad else ""
 
 
+def _hashes(c: Claim, d: pd.DataFrame, tables: claim_tables.Tables, task) -> tuple:
+    """The runs a row rests on: those of its compared rows in its panel (all of the panel's where the
+    claim reads them all)."""
+    if "run" not in d:
+        return ()
+    names = list(c.filter.get("methods", ())) or [n for n in (c.a, c.b) if n and n != "zero"]
+    used = d
+    if c.key in d and names and not c.gain_of and c.derive != "small-large-lambda":
+        used = pd.concat([_rows(d, c.key, n) for n in names])
+    runs = set(used.run)
+    if c.derive == "acl-vs-embed":
+        p = tables["pilot_scores"]
+        runs |= set(p[(p.task == task) & (p.method == c.b)].run)
+    return tuple(sorted(runs - {""}))
+
+
 def _kind_on(c: Claim, backbone, task) -> str:
     if not c.per_task_kind or c.paper_effect is None:
         return c.kind
@@ -613,7 +629,7 @@ def _case(c: Claim, tables: claim_tables.Tables, backbone, task, label, value=No
             d = d[d[column] == v]
     if value is not None:
         d = d[d[c.per] == value]
-    hashes = tuple(tables.hashes.get(c.table, ()))
+    hashes = _hashes(c, d, tables, task)
     not_run = Case(c, task, backbone, label, kind, [], none, blank, status=NOT_RUN, note="no rows in the cache", hashes=hashes)
     if d.empty:
         return not_run
@@ -819,7 +835,7 @@ def judge(profile: str, tables: claim_tables.Tables | None = None, claims: list[
             if case.task and c.kind != "not_testable" else np.nan,
             "planning sd": sd, "planning level": level, "power": power, "seeds for 80% power": need,
             "leave-one-seed-out agreement": stable, "fragile": bool(stable < 1.0) if not np.isnan(stable) else False,
-            "note": case.note, "runs": len(case.hashes),
+            "note": case.note, "runs": len(case.hashes), "run hashes": " ".join(case.hashes),
         })
     return pd.DataFrame(rows), tables.missing
 
@@ -845,14 +861,13 @@ def replicability(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ledger(table: pd.DataFrame, tables: claim_tables.Tables) -> list[dict]:
-    """The machine-readable verdicts: claim, task, kind, family, verdict, p, p (Holm), and the run
-    hashes its claims table rests on."""
-    by_id = {c.id: c for c in book_claims()}
+def ledger(table: pd.DataFrame) -> list[dict]:
+    """The machine-readable verdicts: claim, task, kind, family, verdict, p, p (Holm), and the
+    hashes of the runs each row rests on."""
     num = lambda x: None if pd.isna(x) else float(x)
     return [{"claim": r["id"], "text": r["claim"], "task": r["task"], "kind": r["kind"], "family": r["family"],
              "verdict": r["verdict"], "p": num(r["p"]), "p_holm": num(r["p (Holm)"]),
-             "runs": sorted(set(tables.hashes.get(by_id[r["id"]].table, ()))) if r["id"] in by_id else []}
+             "runs": str(r["run hashes"]).split() if isinstance(r["run hashes"], str) else []}
             for r in table.to_dict("records")]
 
 

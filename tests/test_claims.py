@@ -357,3 +357,13 @@ def test_lambda_rows_get_prospective_power():
     from statsmodels.stats.power import TTestPower
     p_sens, _ = claims.row_power(sens, "lambda-effect", None, "sst2", sd=0.3, n=8, level=0.01)
     assert p_sens == pytest.approx(TTestPower().power(effect_size=0.2 / 0.3, nobs=8, alpha=0.002, alternative="larger"))
+
+
+def test_each_row_names_the_runs_it_rests_on():
+    t = _table1(3.0, 0.3, tasks=("rte", "mrpc"))
+    t["run"] = [f"{r.split()[0]}-{task}-{s}" for r, task, s in zip(t.row, t.task, t.seed)]
+    table = _judge(table1=t)
+    row = _row(table, "p-atleast-CE", "rte")
+    assert set(row["run hashes"].split()) == {f"{r}-rte-{s}" for r in ("CE", "ACL") for s in range(1, 9)}
+    (ledger_row,) = [r for r in claims.ledger(table) if r["claim"] == "p-atleast-CE" and r["task"] == "rte"]
+    assert sorted(ledger_row["runs"]) == sorted(row["run hashes"].split()) and ledger_row["verdict"] == row.verdict
