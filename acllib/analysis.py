@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as gdata
-from . import runs, store, train
+from . import measurements, runs, train
 from .config import RunConfig
 from .losses import acl_embed_loss, gradient_angle, supcon_loss
 from .models import encoder_layers, load_tokenizer
@@ -24,7 +24,7 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
     batch of one epoch (or the first `max_batches` of that epoch's shuffled batches).
 
     Dropout is off (eval mode) so the angles describe the model itself, not a dropout sample.
-    Cached in data_cache/analysis/<hash>-angles[-acl-embed][-<max_batches>].json.
+    Cached by its arguments and its code (acllib.measurements).
     """
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches!r}")
@@ -32,10 +32,13 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
         raise ValueError(f"aux {aux!r} is not one of {', '.join(FIXED_MODEL_AUX)}")
     if cfg.strategy != "single":
         raise ValueError(f"fixed-model angles need a 'single' run, got strategy {cfg.strategy!r}")
-    tag = "" if aux == "scl" else f"-{aux}"
-    path = store.cache_dir("analysis") / f"{cfg.hash}-angles{tag}{'' if max_batches is None else f'-{max_batches}'}.json"
-    if path.exists():
-        return store.read_json(path)["angles"]
+    return measurements.cached_json(
+        "angles", cfg.hash, {"max_batches": max_batches, "aux": aux},
+        (fixed_model_angles, _fixed_model_angles, gradient_angle, supcon_loss, acl_embed_loss),
+        lambda: _fixed_model_angles(cfg, progress, max_batches, aux), extra={"config": cfg.to_dict()})
+
+
+def _fixed_model_angles(cfg: RunConfig, progress: bool, max_batches: int | None, aux: str) -> list[float]:
     model = runs.load_model(cfg, progress)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     getter = train.BatchGetter(td.train, td.pad_id, cfg.encoder_parts)
@@ -58,7 +61,6 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
         else:
             aux_loss = acl_embed_loss(out.rep, batch["labels"], model.exit(last).label_embeddings, cfg.tau)
         angles.append(gradient_angle(aux_loss, ce, params))
-    store.write_json(path, {"config": cfg.to_dict(), "angles": angles})
     return angles
 
 
@@ -105,15 +107,19 @@ def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean"), unstandardised
     run) with its parameters fixed: scikit-learn's logistic regression, fit on the training split's
     layer states ([CLS] or mean over tokens, standardised; for the poolings in `unstandardised` also
     as they are, which is what a linear exit sees), scored on the dev split with the task's headline
-    metric. An independent reference for linear exits trained on the same frozen states. Cached in
-    data_cache/analysis/<hash>-probe-<poolings>[-raw-<poolings>].json."""
+    metric. An independent reference for linear exits trained on the same frozen states. Cached by
+    its arguments and its code (acllib.measurements)."""
+    raw = [p for p in poolings if p in unstandardised]
+    return measurements.cached_json(
+        "probe", cfg.hash, {"poolings": list(poolings), "raw": raw},
+        (linear_probe_scores, _linear_probe_scores, _layer_states, _compute_layer_states),
+        lambda: _linear_probe_scores(cfg, poolings, raw), extra={"config": cfg.to_dict()})
+
+
+def _linear_probe_scores(cfg: RunConfig, poolings, raw) -> list[dict]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    raw = [p for p in poolings if p in unstandardised]
-    path = store.cache_dir("analysis") / (f"{cfg.hash}-probe-{'-'.join(poolings)}" + (f"-raw-{'-'.join(raw)}" if raw else "") + ".json")
-    if path.exists():
-        return store.read_json(path)["scores"]
     x_train, x_dev, y_train, y_dev = _layer_states(cfg, poolings)
     scores = []
     for pooling in poolings:
@@ -125,7 +131,6 @@ def linear_probe_scores(cfg: RunConfig, poolings=("cls", "mean"), unstandardised
                 pred = clf.predict(x_dev[pooling][layer - 1])
                 scores.append({"pooling": pooling, "standardised": standardised, "layer": layer,
                                "score": train.score(cfg.task, y_dev, pred)[gdata.get_task(cfg.task).metrics[0]]})
-    store.write_json(path, {"config": cfg.to_dict(), "scores": scores})
     return scores
 
 
@@ -135,10 +140,13 @@ def state_geometry(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
     ratio, the share of the mean's squared norm in its largest dimension, and the distance between
     the two class means (binary tasks) over the spread. A linear exit on states whose spread is a
     tiny share of a large common vector sees almost the same input for every example.
-    Cached in data_cache/analysis/<hash>-geometry-<poolings>.json."""
-    path = store.cache_dir("analysis") / f"{cfg.hash}-geometry-{'-'.join(poolings)}.json"
-    if path.exists():
-        return store.read_json(path)["rows"]
+    Cached by its arguments and its code (acllib.measurements)."""
+    return measurements.cached_json(
+        "geometry", cfg.hash, {"poolings": list(poolings)}, (state_geometry, _state_geometry, _layer_states, _compute_layer_states),
+        lambda: _state_geometry(cfg, poolings), extra={"config": cfg.to_dict()})
+
+
+def _state_geometry(cfg: RunConfig, poolings) -> list[dict]:
     x_train, _, y_train, _ = _layer_states(cfg, poolings)
     rows = []
     for pooling in poolings:
@@ -151,7 +159,6 @@ def state_geometry(cfg: RunConfig, poolings=("cls", "mean")) -> list[dict]:
                          "spread / mean norm": spread / float(np.linalg.norm(mu)),
                          "largest dimension's share of the mean": float((mu ** 2).max() / (mu ** 2).sum()),
                          "class-mean gap / spread": gap / spread})
-    store.write_json(path, {"config": cfg.to_dict(), "rows": rows})
     return rows
 
 
@@ -218,17 +225,14 @@ def cross_layer_average(result: dict) -> float:
 @torch.no_grad()
 def exit_representations(cfg: RunConfig, layer: int, split: str | None = None) -> dict:
     """Exit `layer`'s representations h^e of a dev split, with labels, predictions and the exit's
-    label embeddings (the rows of its classifier W), for the t-SNE of sec. 5.7. Cached beside the
-    run's results (safetensors), so a warm rebuild does not run the model again."""
+    label embeddings (the rows of its classifier W), for the t-SNE of sec. 5.7. Cached by its
+    arguments and its code (acllib.measurements), so a warm rebuild does not run the model again."""
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     split = split or next(iter(td.evals))
-    path = store.cache_dir("analysis", "exit_reps") / f"{cfg.hash}-exit{layer}-{split}.safetensors"
-    if path.exists():
-        t = {k: v.numpy() for k, v in store.load_tensors(path).items()}
-        return {**t, "score": train.score(cfg.task, t["labels"], t["preds"])}
-    out = _exit_representations(cfg, layer, td, split)
-    store.save_tensors(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items() if k != "score"})
-    return out
+    t = measurements.cached_arrays("exit_reps", cfg.hash, {"layer": layer, "split": split},
+                                   (exit_representations, _exit_representations),
+                                   lambda: _exit_representations(cfg, layer, td, split))
+    return {**t, "score": train.score(cfg.task, t["labels"], t["preds"])}
 
 
 def _exit_representations(cfg: RunConfig, layer: int, td, split: str) -> dict:
@@ -244,26 +248,25 @@ def _exit_representations(cfg: RunConfig, layer: int, td, split: str) -> dict:
         preds[idx] = out.logits.argmax(-1).cpu()
     labels = data.labels.numpy()
     return {"reps": reps.numpy(), "labels": labels, "preds": preds.numpy(),
-            "label_embeddings": model.exit(layer).label_embeddings.detach().float().cpu().numpy(),
-            "score": train.score(cfg.task, labels, preds.numpy())}
+            "label_embeddings": model.exit(layer).label_embeddings.detach().float().cpu().numpy()}
 
 
 def tsne_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
     """t-SNE of l2-normalized points (the geometry the contrastive losses see). Cached by the
-    points' bytes, the seed and scikit-learn's version: a warm rebuild does not recompute it."""
+    points' bytes, the seed, scikit-learn's version and its code: a warm rebuild does not recompute it."""
     import hashlib
     import sklearn
-    from sklearn.manifold import TSNE
     points = np.ascontiguousarray(points, dtype=np.float32)
-    key = hashlib.sha256(points.tobytes() + repr((points.shape, seed, sklearn.__version__)).encode()).hexdigest()[:20]
-    path = store.cache_dir("analysis", "tsne") / f"{key}.safetensors"
-    if path.exists():
-        return store.load_tensors(path)["xy"].numpy()
+    key = hashlib.sha256(points.tobytes() + repr(points.shape).encode()).hexdigest()[:20]
+    return measurements.cached_arrays("tsne", key, {"seed": seed, "sklearn": sklearn.__version__}, (tsne_2d, _tsne_2d),
+                                      lambda: {"xy": _tsne_2d(points, seed)})["xy"]
+
+
+def _tsne_2d(points: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.manifold import TSNE
     x = points / np.linalg.norm(points, axis=1, keepdims=True).clip(min=1e-12)
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-    store.save_tensors(path, {"xy": torch.from_numpy(np.ascontiguousarray(xy))})
-    return xy
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
 # ------------------------------------------------------------------------- the few-shot chapter

@@ -272,46 +272,49 @@ def evaluate_rules(model: MultiExitModel, data: gdata.Encoded, task: str, precis
 
 def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_examples: int = 64,
                  batch_size: int = 32, repeats: int = 3, threads: int | None = None) -> list[dict]:
-    """evaluate_rules on the dev split of a finished run's model, cached in
-    data_cache/analysis/ (keyed by the run and every argument): a warm book rebuild reuses the
-    measured latencies instead of timing again. Timed with `threads` torch threads (default: the
-    current number), set for the timing and recorded."""
-    import hashlib
-    import json
-    from . import runs, store, train
-    from .models import load_tokenizer
+    """evaluate_rules on the dev split of a finished run's model, cached by the run, every argument
+    and the code that measures (acllib.measurements): a warm book rebuild reuses the measured
+    latencies instead of timing again. Timed with `threads` torch threads (default: the current
+    number), set for the timing and recorded."""
+    from . import measurements, runs
     grid = DEFAULT_GRID if grid is None else grid
     threads = threads or torch.get_num_threads()
     args = {"grid": {k: [float(t) for t in v] for k, v in grid.items()}, "timing": timing,
-            "latency_examples": latency_examples, "batch_size": batch_size, "repeats": repeats,
-            "threads": threads, "timing_version": 2}  # 2: interleaved repeats with intervals
-    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
-    path = store.cache_dir("analysis") / f"{cfg.hash}-early-exit-{key}.json"
-    if path.exists():
-        return store.read_json(path)["rows"]
+            "latency_examples": latency_examples, "batch_size": batch_size, "repeats": repeats, "threads": threads}
+    return measurements.cached_json("early_exit", cfg.hash, args, MEASURING_CODE,
+                                    lambda: _evaluate_run(cfg, grid, timing, latency_examples, batch_size, repeats, threads),
+                                    extra={"config": cfg.to_dict(), "hardware": runs.provenance(cfg)["device_name"]})
+
+
+def _evaluate_run(cfg, grid, timing, latency_examples, batch_size, repeats, threads) -> list[dict]:
+    from . import runs, train
+    from .models import load_tokenizer
     model = runs.load_model(cfg)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     dev = td.evals[next(iter(td.evals))]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # pinned for the timing
     try:
-        rows = evaluate_rules(model, dev, cfg.task, cfg.precision, td.pad_id, grid, timing, latency_examples,
+        return evaluate_rules(model, dev, cfg.task, cfg.precision, td.pad_id, grid, timing, latency_examples,
                               batch_size, repeats)
     finally:
         torch.set_num_threads(before)
-    store.write_json(path, {"config": cfg.to_dict(), "args": args, "hardware": runs.provenance(cfg)["device_name"],
-                            "threads": threads, "rows": rows})
-    return rows
 
 
 def quality_rows(cfg) -> list[dict]:
     """The default grid's score and FLOPs fraction per setting of a finished run's model, without
-    latencies: read from any cached evaluate_run of that grid (timed or not: its scores and FLOPs
-    are the same), else evaluated untimed (and cached). What the claims' quality-speed trade-offs use."""
-    from . import store
+    latencies: read from any cached evaluate_run of that grid by the current code (timed or not: its
+    scores and FLOPs are the same), else evaluated untimed (and cached). What the claims'
+    quality-speed trade-offs use."""
+    from . import measurements
     grid = {k: [float(t) for t in v] for k, v in DEFAULT_GRID.items()}
-    for path in sorted(store.cache_dir("analysis").glob(f"{cfg.hash}-early-exit-*.json")):
-        cached = store.read_json(path)
-        if cached["args"]["grid"] == grid:
-            return [{k: r[k] for k in ("rule", "threshold", "score", "flops_fraction")} for r in cached["rows"]]
-    return [{k: r[k] for k in ("rule", "threshold", "score", "flops_fraction")} for r in evaluate_run(cfg, timing=False)]
+    keep = ("rule", "threshold", "score", "flops_fraction")
+    for record in measurements.stored_json("early_exit", cfg.hash, MEASURING_CODE):
+        if record["args"]["grid"] == grid:
+            return [{k: r[k] for k in keep} for r in record["value"]]
+    return [{k: r[k] for k in keep} for r in evaluate_run(cfg, timing=False)]
+
+
+# The code an early-exit measurement depends on: an edit to any of it invalidates the cached sweeps
+MEASURING_CODE = (evaluate_run, _evaluate_run, evaluate_rules, simulate, ExitRule, early_exit_forward, all_exit_logits,
+                  flop_table, early_exit_flops, full_model_flops, time_settings, timing_summary)
