@@ -81,13 +81,15 @@ def _sweep(args) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        from . import cost
         from .sweep import sweep
+        print(cost.describe_estimate(cost.build_estimate(args.profile, args.chapters)), flush=True)
         counts = sweep(args.profile, args.chapters, args.address, args.threads, args.workers, progress=not args.quiet)
     except (ValueError, OSError, RuntimeError, ConnectionError) as err:
         print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sweep interrupted: every finished run is in the cache", file=sys.stderr)
+        print("\nsweep interrupted: every finished run is in the cache; the same command resumes", file=sys.stderr)
         return 130
     print(f"sweep of profile {args.profile!r}: {counts['planned_missing']} runs missing; trained {counts['trained']}, "
           f"skipped {counts['skipped']} (held by another sweep), failed {counts['failed']}")
@@ -195,6 +197,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError, RuntimeError) as err:  # OSError: e.g. an unknown hub model id
         print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the run's files are written atomically at its end: nothing half-written
+        print("\ninterrupted: the run was not finished and left nothing behind; runs finished before are in the cache",
+              file=sys.stderr)
+        return 130
     _print_result(result)
     return 0
 

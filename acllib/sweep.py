@@ -185,7 +185,18 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         _release(c)
         held.pop(c.hash, None)
 
-    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress)
+    # The bar counts planned training FLOPs, so its ETA is the FLOPs left over the rate so far (runs
+    # differ in cost by 100x: a count of runs gives no ETA until many are done); runs in the postfix.
+    from .cost import run_flops
+    tflops = {c.hash: run_flops(c)["flops"] / 1e12 for c in todo}
+    bar = tqdm(total=sum(tflops.values()), desc="sweep", unit="TFLOP", disable=not progress, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}{postfix}]")
+    done = {"runs": 0}
+
+    def advance(cs) -> None:
+        done["runs"] += len(cs)
+        bar.set_postfix_str(f"runs {done['runs']}/{len(todo)}", refresh=False)
+        bar.update(sum(tflops.get(c.hash, 0.0) for c in cs))
     pending: dict = {}  # task (a generator of refs) -> its runs not yet sent back, by hash
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -214,7 +225,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                     release(c)
                     mine.remove(c)
                 counts["skipped"] += len(unit) - len(mine)
-                bar.update(len(unit) - len(mine))
+                advance([c for c in unit if c not in mine])
                 if not mine:
                     continue
                 files1 = _run_files(mine[0].stage1()) if mine[0].strategy in AFTER_STAGE1 else None
@@ -225,7 +236,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                 if not ready:  # their stage 1s failed here, or are held by another sweep: leave them
                     for g in waiting:
                         counts["failed" if g[0].stage1().hash in failed1 else "skipped"] += len(g)
-                        bar.update(len(g))
+                        advance(g)
                     break
                 continue
             finished, _ = ray.wait(list(pending), num_returns=1)
@@ -235,9 +246,10 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                     key, files = ray.get(next(gen))
                     if key in left:  # a retried task sends again what its first attempt sent: written once
                         _put_files(left[key], files)
-                        release(left.pop(key))
+                        c = left.pop(key)
+                        release(c)
                         counts["trained"] += 1
-                        bar.update(1)
+                        advance([c])
                     if not left:  # every run is back: done with it (not waiting on its end of stream)
                         del pending[gen]
                 except StopIteration:
@@ -260,7 +272,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                           f"failed: {why}", file=sys.stderr)
                     for c in list(left.values()):
                         release(c)
-                    bar.update(len(left))
+                    advance(list(left.values()))
             release_waiting()
     except KeyboardInterrupt:
         for gen in pending:

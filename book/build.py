@@ -42,6 +42,14 @@ class LocalIPCKernelManager(AsyncKernelManager):
         atexit.register(shutil.rmtree, folder, True)
         return str(Path(folder) / "kernel")
 
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        # The kernel's own stderr (a crash report; its complaints when an interrupted build goes away
+        # under it) goes to a log beside the executed chapter, not into the build's output.
+        log = os.environ.get("ACL_KERNEL_LOG")
+        if log and "stderr" not in kw:
+            kw["stderr"] = open(log, "ab")
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
+
 
 def runs_to_train(name: str, profile: str) -> int | None:
     """How many of a chapter's planned runs (acllib.plan, stage 1s included) are not in the cache;
@@ -120,12 +128,20 @@ def execute(name: str, profile: str, executed: Path) -> float:
     ledger = store.cache_dir("book", profile, "ledger") / f"{name}.txt"
     ledger.write_text("")
     os.environ["ACL_RUN_LEDGER"] = str(ledger)
+    os.environ["ACL_KERNEL_LOG"] = str(executed / f".{name}.kernel.log")
     try:
         with RunCounter(name, total=runs_to_train(name, profile)):
             papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp), kernel_name="acl-repro",
                                        parameters={"profile": profile, "progress": False},
                                        cwd=str(NOTEBOOKS), progress_bar=False,
                                        kernel_manager_class=LocalIPCKernelManager)
+    except KeyboardInterrupt:
+        raise
+    except papermill.PapermillExecutionError as err:
+        if err.ename == "KeyboardInterrupt":  # the kernel got the Ctrl-C first
+            raise KeyboardInterrupt from None
+        print(f"notebook {name} failed; its partial output is in {tmp}", file=sys.stderr)
+        raise
     except BaseException:
         print(f"notebook {name} failed; its partial output is in {tmp}", file=sys.stderr)
         raise
@@ -157,6 +173,20 @@ def vendor_mathjax(book: Path) -> None:
 
 
 def main(argv=None) -> int:
+    """Build the book; Ctrl-C ends it with one line and status 130, every finished run kept (each
+    run's files are written atomically, a chapter's executed page only when it completed)."""
+    from acllib import store
+    before = len(list(store.cache_dir("runs").glob("*.json")))
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        kept = len(list(store.cache_dir("runs").glob("*.json")))
+        print(f"\ninterrupted: {kept - before} runs finished in this build and every earlier one are kept in "
+              f"{store.cache_dir('runs')}; `make book` resumes where it stopped", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--only", nargs="*", default=None, help="notebook names (default: all)")
@@ -177,6 +207,8 @@ def main(argv=None) -> int:
     speed = day_speed() if args.profile != "smoke" and args.only is None else None
     if speed is not None:
         print(f"day_speed: {speed:.3f} s per CE step (cpu profile, RTE batch of 32)", flush=True)
+        from acllib import cost
+        print(cost.describe_estimate(cost.build_estimate(args.profile, step_s=speed)), flush=True)
     t_start = time.perf_counter()
     sweep_minutes = None
     if args.ray:

@@ -1,0 +1,95 @@
+"""Issue #26: the cost of a build before it starts, and Ctrl-C anywhere: one line, status 130, no
+traceback, every finished run kept whole."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from acllib import cost, plan, runs
+from acllib.store import REPO
+
+
+def test_the_estimate_is_the_plans_flops_over_the_measured_rate(tmp_path, monkeypatch):
+    """By hand: the plan's runs not in the cache, each run's training FLOPs (a 2st group's frozen
+    features counted once), over the machine's rate from a given CE step."""
+    monkeypatch.setenv("ACL_CACHE", str(tmp_path))
+    e = cost.build_estimate("smoke", step_s=0.5)
+    flops, seen = 0.0, set()
+    for cfgs in plan.book_plan("smoke").values():
+        for c in cfgs:
+            f = cost.run_flops(c)
+            flops += f["flops"] - (f["features"] if c.strategy == "2st" and c.stage1().hash in seen else 0.0)
+            if c.strategy == "2st":
+                seen.add(c.stage1().hash)
+    assert e["to_run"] == e["runs"] == sum(len(v) for v in plan.book_plan("smoke").values())
+    assert e["flops_to_run"] == pytest.approx(flops, rel=1e-9)
+    rate, _ = cost.machine_flops_per_s(0.5)
+    assert e["flops_per_s"] == pytest.approx(rate) and e["overhead"] == 1.0  # nothing cached to calibrate on
+    assert e["hours"] == pytest.approx(flops / rate / 3600, rel=1e-9)
+    text = cost.describe_estimate(e)
+    assert text.splitlines()[0].startswith(f"estimate: {e['to_run']} of the {e['runs']} runs")
+    assert e["precision"] in text.splitlines()[1] or "fp32" in text
+
+
+def _interrupt_when(cmd, env, ready, timeout=600):
+    """Start cmd in its own process group, send it SIGINT (a terminal's Ctrl-C reaches the whole
+    group) once ready() holds, and return (status, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    t0 = time.time()
+    while not ready() and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.5)
+    assert proc.poll() is None, "it finished before it could be interrupted: " + proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc.returncode, err
+
+
+def test_ctrl_c_in_a_book_build_keeps_the_finished_runs(tmp_path):
+    """A chapter building on the smoke profile, interrupted once its first run is written: status
+    130, one closing line saying what was kept and how to resume, no traceback, and every results
+    file in the cache complete (it loads against its config)."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ACL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    results = cache / "runs"
+    book = tmp_path / "book"
+    import shutil
+    shutil.copytree(REPO / "book", book, ignore=shutil.ignore_patterns("_build", "executed", "_vendor"))
+    code, err = _interrupt_when([sys.executable, str(REPO / "book" / "build.py"), "--profile", "smoke", "--only", "02_table1",
+                                 "--no-build", "--book-dir", str(book)], env,
+                                lambda: results.exists() and any(results.glob("*.json")))
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("interrupted:") and "make book" in last
+    kept = {p.stem for p in results.glob("*.json")}
+    assert kept
+    by_hash = {c.hash: c for c in plan.with_stage1(plan.table1("smoke").configs())}
+    os.environ["ACL_CACHE"], old = str(cache), os.environ.get("ACL_CACHE")
+    try:
+        for h in kept:
+            assert runs.load_result(by_hash[h]) is not None  # whole, and the run the plan asked for
+    finally:
+        if old is None:
+            del os.environ["ACL_CACHE"]
+        else:
+            os.environ["ACL_CACHE"] = old
+    assert not list(results.glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_ctrl_c_in_a_run(tmp_path):
+    env = {**os.environ, "ACL_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    started = tmp_path / "tokenized"
+    code, err = _interrupt_when([sys.executable, "-m", "acllib", "run", "--profile", "smoke", "--task", "rte",
+                                 "--set", "epochs=200", "--quiet"], env, lambda: started.exists() and any(started.iterdir()))
+    assert code == 130 and "Traceback" not in err, err[-3000:]
+    assert [line for line in err.splitlines() if line.strip()][-1].startswith("interrupted:")
+    assert not list((tmp_path / "runs").glob("*.json")) if (tmp_path / "runs").exists() else True
