@@ -142,3 +142,29 @@ def test_paper_numbers_carry_their_setting_and_only_like_is_subtracted():
     assert not paper.same_setting("table3", "rte", "minilm")
     assert paper.numbers()["table2"]["backbone"] == "roberta-base"  # sec. 5.6
     assert paper.numbers()["table1"]["backbones"] == {"BERT": "bert-base-uncased", "RoBERTa": "roberta-base"}
+
+
+def test_bf16_where_it_is_not_native_warns_once_with_the_measured_slowdown(monkeypatch):
+    import warnings
+    from acllib import config
+    monkeypatch.setattr(config, "native_bf16", lambda: False)
+    monkeypatch.setattr(config, "_WARNED_BF16", [])
+    monkeypatch.setattr(config, "bf16_slowdown", lambda n=256, repeats=3: 93.6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert config.resolve_precision("bf16") == "bf16"  # kept: a user may want it
+        config.resolve_precision("bf16")
+        assert config.resolve_precision("auto") == "fp32"
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "94x slower than fp32" in messages[0] and "\n" not in messages[0]
+    monkeypatch.setattr(config, "native_bf16", lambda: True)
+    monkeypatch.setattr(config, "_WARNED_BF16", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert config.resolve_precision("bf16") == "bf16" and config.resolve_precision("auto") == "bf16"
+    assert not caught
+
+
+def test_bf16_slowdown_is_measured_against_fp32():
+    from acllib import config
+    assert config.bf16_slowdown(n=64, repeats=1) > 0
