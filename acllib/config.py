@@ -362,7 +362,7 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if native_bf16() else "fp32"
 
 
-def bf16_slowdown(n: int = 256, repeats: int = 3) -> float:
+def bf16_slowdown(n: int = 512, repeats: int = 3) -> float:
     """How many times slower an n x n matrix product runs in bf16 than in fp32 here (medians)."""
     import statistics
     import time
@@ -389,7 +389,7 @@ def _warn_emulated_bf16() -> None:
         return
     _WARNED_BF16.append(bf16_slowdown())
     warnings.warn(f"precision=bf16 on a CPU without native bf16: emulated, {_WARNED_BF16[0]:.0f}x slower than fp32 in a "
-                  "256x256 matrix product measured now; precision=auto picks fp32 here", stacklevel=3)
+                  "512x512 matrix product measured now; precision=auto picks fp32 here", stacklevel=3)
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -149,7 +149,7 @@ def test_bf16_where_it_is_not_native_warns_once_with_the_measured_slowdown(monke
     from acllib import config
     monkeypatch.setattr(config, "native_bf16", lambda: False)
     monkeypatch.setattr(config, "_WARNED_BF16", [])
-    monkeypatch.setattr(config, "bf16_slowdown", lambda n=256, repeats=3: 93.6)
+    monkeypatch.setattr(config, "bf16_slowdown", lambda n=512, repeats=3: 93.6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert config.resolve_precision("bf16") == "bf16"  # kept: a user may want it
