@@ -250,6 +250,8 @@ def _main(argv=None) -> int:
               "kind": "cold" if runs_before == 0 else ("warm" if runs_after == runs_before else "partial"),
               "peak_rss_gb": round(peak_gb, 2), "commit": _commit(),
               "ce_step_s": None if speed is None else round(speed, 4),
+              # numbers differ between bf16 and fp32 machines (the run hashes already do): say which built it
+              "precision": _precision(), "cpu": _cpu(),
               "trained_on": f"ray ({args.ray})" if args.ray else "sequential",
               "sweep_minutes": None if sweep_minutes is None else round(sweep_minutes, 2),
               "chapter_minutes": {n: round(timings[n]["seconds"] / 60, 2) for n in names if n in timings}}
@@ -260,6 +262,16 @@ def _main(argv=None) -> int:
           f"{len(names)} notebooks{'' if args.no_build else ' and the HTML build'})")
     print(f"peak_rss_gb: {peak_gb:.2f} (largest process)")
     return code
+
+
+def _precision() -> str:
+    from acllib.config import resolve_precision
+    return resolve_precision("auto")
+
+
+def _cpu() -> str:
+    from acllib.runs import _cpu_model
+    return _cpu_model()
 
 
 def _commit() -> str:
