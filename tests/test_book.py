@@ -113,7 +113,7 @@ def test_claims_follow_the_results(built_book, cache, tmp_path, shift, verdict, 
     import json
     from acllib import claims as claims_lib, plan, stats
     copy = tmp_path / "data_cache"
-    shutil.copytree(cache / "runs", copy / "runs")
+    shutil.copytree(cache, copy)  # runs, weights and the measurements on them (the claims read all three)
     t1 = plan.table1("smoke").part("row")
     for (label, b, task, seed), cfg in t1.items():
         if label != "ACL":
