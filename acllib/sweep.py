@@ -189,7 +189,9 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
     # differ in cost by 100x: a count of runs gives no ETA until many are done); runs in the postfix.
     from .cost import run_flops
     tflops = {c.hash: run_flops(c)["flops"] / 1e12 for c in todo}
-    bar = tqdm(total=sum(tflops.values()), desc="sweep", unit="TFLOP", disable=not progress, dynamic_ncols=True,
+    # smoothing=0: the rate over the whole sweep, not the last few runs' (a 2st group's stage 2s come
+    # back seconds apart and swung the ETA by 4x)
+    bar = tqdm(total=sum(tflops.values()), desc="sweep", unit="TFLOP", disable=not progress, dynamic_ncols=True, smoothing=0,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}{postfix}]")
     done = {"runs": 0}
 
