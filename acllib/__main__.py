@@ -132,6 +132,8 @@ def _claims(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .store import reraise_swallowed_ctrl_c
+    reraise_swallowed_ctrl_c()
     parser = argparse.ArgumentParser(prog="python -m acllib")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run one config (cached results are reused)")

@@ -56,3 +56,23 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def reraise_swallowed_ctrl_c() -> None:
+    """Make a Ctrl-C that lands inside a finalizer or a weakref callback stop the program anyway:
+    Python reports such a KeyboardInterrupt as "Exception ignored" (with a traceback) and goes on,
+    so a command would finish instead of stopping. This unraisable hook says nothing for it and
+    sends the signal again a moment later from another thread (sent at once, it would be raised
+    inside the hook and swallowed again), to be raised where it can stop the program; other reports
+    as before. For the command lines (python -m acllib, book/build.py), not for library use."""
+    import signal
+    import sys
+    import threading
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return
+        default(unraisable)
+    sys.unraisablehook = hook

@@ -176,6 +176,7 @@ def main(argv=None) -> int:
     """Build the book; Ctrl-C ends it with one line and status 130, every finished run kept (each
     run's files are written atomically, a chapter's executed page only when it completed)."""
     from acllib import store
+    store.reraise_swallowed_ctrl_c()
     before = len(list(store.cache_dir("runs").glob("*.json")))
     try:
         return _main(argv)

@@ -93,3 +93,23 @@ def test_ctrl_c_in_a_run(tmp_path):
     assert code == 130 and "Traceback" not in err, err[-3000:]
     assert [line for line in err.splitlines() if line.strip()][-1].startswith("interrupted:")
     assert not list((tmp_path / "runs").glob("*.json")) if (tmp_path / "runs").exists() else True
+
+
+def test_a_ctrl_c_swallowed_by_a_callback_is_raised_again():
+    """A KeyboardInterrupt inside a weakref callback is 'ignored' by Python; the command lines' hook
+    (store.reraise_swallowed_ctrl_c) sends the signal again, so the program still stops."""
+    code = ("import weakref, signal, sys, time\n"
+            "from acllib.store import reraise_swallowed_ctrl_c\n"
+            "reraise_swallowed_ctrl_c()\n"
+            "class C: pass\n"
+            "def cb(ref): raise KeyboardInterrupt\n"
+            "c = C(); r = weakref.ref(c, cb)\n"
+            "try:\n"
+            "    del c\n"
+            "    time.sleep(5)\n"
+            "    print('went on')\n"
+            "except KeyboardInterrupt:\n"
+            "    print('stopped'); sys.exit(130)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 130 and proc.stdout.strip() == "stopped", proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
