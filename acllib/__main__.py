@@ -83,7 +83,7 @@ def _sweep(args) -> int:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         from . import cost
         from .sweep import sweep
-        print(cost.describe_estimate(cost.build_estimate(args.profile, args.chapters)), flush=True)
+        print(cost.describe_estimate(plan.build_estimate(args.profile, args.chapters)), flush=True)
         counts = sweep(args.profile, args.chapters, args.address, args.threads, args.workers, progress=not args.quiet)
     except (ValueError, OSError, RuntimeError, ConnectionError) as err:
         print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)

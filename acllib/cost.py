@@ -224,23 +224,6 @@ def machine_flops_per_s(step_s: float | None = None) -> tuple[float, str]:
     return flops / step_s, f"a CE step of {cfg.backbone} on {len(idx)} RTE examples padded to {seq} tokens: {step_s:.3f} s"
 
 
-def build_estimate(profile: str, chapters=None, step_s: float | None = None) -> dict:
-    """What training a profile's missing runs will cost on this machine, before it starts: the plan's
-    runs (plan.cost_table), those not yet in the cache, their training FLOPs, and hours at this
-    machine's throughput (from a timed CE step, `step_s` if given, scaled by the cached runs'
-    overhead where there are any), with the machine's precision and CPU."""
-    from . import plan
-    from .config import resolve_precision
-    from .runs import _cpu_model
-    flops_per_s, how = machine_flops_per_s(step_s)
-    table, notes = plan.cost_table(profile, chapters, flops_per_s)
-    total = table[table.chapter == "total"].iloc[-1]
-    return {"profile": profile, "runs": int(total["runs"]), "to_run": int(total["runs"] - total["in the cache"]),
-            "flops_to_run": float(total["PFLOPs to run"]) * 1e15, "hours": float(total["hours here, to run"]),
-            "flops_per_s": flops_per_s, "overhead": notes["overhead"], "how": how,
-            "precision": resolve_precision("auto"), "cpu": _cpu_model()}
-
-
 def describe_estimate(e: dict) -> str:
     """The estimate as the lines `make book` and `python -m acllib sweep` print before training."""
     native = "bf16, native on this CPU" if e["precision"] == "bf16" else "fp32 (this CPU has no native bf16)"

@@ -341,3 +341,21 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
                     f"{gpu_utilisation:.0%} utilisation",
              "tokens": sorted({cost.run_flops(c)["tokens_source"] + f" ({c.task})" for cfgs in plan.values() for c in cfgs})}
     return table, notes
+
+
+def build_estimate(profile: str, chapters=None, step_s: float | None = None) -> dict:
+    """What training a profile's missing runs will cost on this machine, before it starts: the plan's
+    runs (cost_table), those not yet in the cache, their training FLOPs, and hours at this
+    machine's throughput (from a timed CE step, `step_s` if given, scaled by the cached runs'
+    overhead where there are any), with the machine's precision and CPU."""
+    from . import cost
+    from .config import resolve_precision
+    from .runs import _cpu_model
+    flops_per_s, how = cost.machine_flops_per_s(step_s)
+    table, notes = cost_table(profile, chapters, flops_per_s)
+    total = table[table.chapter == "total"].iloc[-1]
+    return {"profile": profile, "runs": int(total["runs"]), "to_run": int(total["runs"] - total["in the cache"]),
+            "flops_to_run": float(total["PFLOPs to run"]) * 1e15, "hours": float(total["hours here, to run"]),
+            "flops_per_s": flops_per_s, "overhead": notes["overhead"], "how": how,
+            "precision": resolve_precision("auto"), "cpu": _cpu_model()}
+

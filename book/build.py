@@ -208,8 +208,8 @@ def _main(argv=None) -> int:
     speed = day_speed() if args.profile != "smoke" and args.only is None else None
     if speed is not None:
         print(f"day_speed: {speed:.3f} s per CE step (cpu profile, RTE batch of 32)", flush=True)
-        from acllib import cost
-        print(cost.describe_estimate(cost.build_estimate(args.profile, step_s=speed)), flush=True)
+        from acllib import cost, plan
+        print(cost.describe_estimate(plan.build_estimate(args.profile, step_s=speed)), flush=True)
     t_start = time.perf_counter()
     sweep_minutes = None
     if args.ray:

@@ -17,7 +17,7 @@ def test_the_estimate_is_the_plans_flops_over_the_measured_rate(tmp_path, monkey
     """By hand: the plan's runs not in the cache, each run's training FLOPs (a 2st group's frozen
     features counted once), over the machine's rate from a given CE step."""
     monkeypatch.setenv("ACL_CACHE", str(tmp_path))
-    e = cost.build_estimate("smoke", step_s=0.5)
+    e = plan.build_estimate("smoke", step_s=0.5)
     flops, seen = 0.0, set()
     for cfgs in plan.book_plan("smoke").values():
         for c in cfgs:
