@@ -102,6 +102,13 @@ def _claims(args) -> int:
     import pandas as pd
     from . import claim_tables, claims, plan
     from .config import get_profile
+    if args.plot:
+        from matplotlib.figure import Figure
+        kinds = Figure().canvas.get_supported_filetypes()
+        if Path(args.plot).suffix.lstrip(".").lower() not in kinds:
+            print(f"error: --plot {args.plot!r}: the file's suffix names its format, one of {', '.join(sorted(kinds))}",
+                  file=sys.stderr)
+            return 2
     try:
         get_profile(args.profile)
         tables = claim_tables.build(args.profile)
@@ -124,6 +131,16 @@ def _claims(args) -> int:
         ledger.write_text(json.dumps({"profile": args.profile, "rows": claims.ledger(table), "missing": missing},
                                      indent=1) + "\n")
         print(f"wrote {out} and {ledger}")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        from . import forest, plotting
+        plotting.setup()
+        fig, undrawn = forest.forest(table, families=tuple(claims.FAMILIES))
+        fig.savefig(args.plot)
+        print(f"wrote {args.plot}: the forest plots of every family. {forest.caption(table, args.profile, tuple(claims.FAMILIES))}")
+        if len(undrawn):
+            print(forest.undrawn_text(undrawn))
     if args.planning_basis:
         from .runs import _cpu_model, _git_commit
         claims.write_planning_basis(table, args.profile, _git_commit(), _cpu_model())
@@ -167,6 +184,8 @@ def main(argv=None) -> int:
     p_claims = sub.add_parser("claims", help="judge every claim from the run cache alone (no notebook)")
     p_claims.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
     p_claims.add_argument("--out", default=None, help="write the table as CSV here, and its ledger beside it (.json)")
+    p_claims.add_argument("--plot", default=None, metavar="FILE",
+                          help="draw every family's forest plot into FILE (.png, .pdf, .svg, ...)")
     p_claims.add_argument("--planning-basis", action="store_true",
                           help="record the rows' paired spreads as the planning basis (acllib/planning_basis.json)")
     args = parser.parse_args(argv)

@@ -341,7 +341,7 @@ class Case:
     kind: str                  # the claim's kind on this task (per_task_kind resolved)
     seeds: list
     test: Callable[[list], dict]
-    estimate: Callable[[list], dict]  # {"text", "estimate", "lo", "hi", "unit"} for the table and the plot
+    estimate: Callable[[list], dict]  # {"text", "estimate", "lo", "hi", "unit", "level", _lines()} for the table and the plot
     status: str = ""           # "" (tested), NOT_RUN, DIDNT_LEARN, NOT_TESTABLE
     note: str = ""
     hashes: tuple = ()
@@ -417,6 +417,12 @@ def early_exit_tradeoffs(sweep: pd.DataFrame, points: int = 50) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _lines(reference=np.nan, margin_lo=np.nan, margin_hi=np.nan) -> dict:
+    """Where a row's estimate is read against, in its own unit: the no-effect value and the margins
+    the claim must clear (NaN where there is none); the forest plots draw them (acllib/forest.py)."""
+    return {"reference": reference, "margin lo": margin_lo, "margin hi": margin_hi}
+
+
 def _fmt(x, unit):
     return f"{x:+.2f}{unit}" if np.isfinite(x) else "n/a"
 
@@ -446,11 +452,13 @@ def _paired_case(c: Claim, kind: str, per_seed: pd.DataFrame, margin: float | No
             text = _fmt(r["diff"], unit) + ("" if np.isnan(r["lo"]) else f" [{r['lo']:+.2f}, {r['hi']:+.2f}]")
             if r.get("test") == "sign":
                 text += f" (no spread: sign test of {r['n']} seeds)"
-            return {"text": text, "estimate": r["diff"], "lo": r["lo"], "hi": r["hi"], "unit": unit, "level": 0.95}
+            return {"text": text, "estimate": r["diff"], "lo": r["lo"], "hi": r["hi"], "unit": unit, "level": 0.95,
+                    **_lines(0.0)}
         text = f"{_fmt(r['diff'], unit)}, 90% [{r['lo90']:+.2f}, {r['hi90']:+.2f}] (margin {margin:g})"
         if r.get("test") == "sign":
             text = f"{_fmt(r['diff'], unit)} on every seed (no spread: sign test; margin {margin:g})"
-        return {"text": text, "estimate": r["diff"], "lo": r["lo90"], "hi": r["hi90"], "unit": unit, "level": 0.90}
+        return {"text": text, "estimate": r["diff"], "lo": r["lo90"], "hi": r["hi90"], "unit": unit, "level": 0.90,
+                **_lines(0.0, -margin, margin if kind == "equivalence" else np.nan)}
 
     return seeds, test, estimate, (x, y)
 
@@ -466,8 +474,10 @@ def _variance_case(c: Claim, per_seed: pd.DataFrame):
     def estimate(keep):
         a, b = x.loc[keep].values, y.loc[keep].values
         ratio = test(keep)["ratio"]
-        return {"text": f"std {a.std(ddof=1):.2f} vs {b.std(ddof=1):.2f} (variance ratio {ratio:.2f}, Pitman-Morgan)",
-                "estimate": ratio, "lo": np.nan, "hi": np.nan, "unit": "× variance", "level": np.nan}
+        lo, hi = stats.variance_ratio_interval(a, b, 0.95)
+        return {"text": f"std {a.std(ddof=1):.2f} vs {b.std(ddof=1):.2f} (variance ratio {ratio:.2f} [{lo:.2f}, {hi:.2f}], "
+                        "Pitman-Morgan)", "estimate": ratio, "lo": lo, "hi": hi, "unit": "× variance", "level": 0.95,
+                **_lines(1.0)}
 
     return seeds, test, estimate
 
@@ -484,7 +494,8 @@ def _share_case(c: Claim, counts: pd.DataFrame, lower, upper):
         r = test(keep)
         need = f"needs ≥ {lower:.0%} on every seed" if upper is None else f"needs {lower:.0%}–{upper:.0%} on every seed"
         return {"text": f"{r['share']:.0%} of {r['items']} batches; per seed {r['lo']:.0%}–{r['hi']:.0%} ({need})",
-                "estimate": r["share"], "lo": r["lo"], "hi": r["hi"], "unit": "share", "level": np.nan}
+                "estimate": r["share"], "lo": r["lo"], "hi": r["hi"], "unit": "share", "level": np.nan,  # lo-hi: the seeds' range
+                **_lines(np.nan, lower, np.nan if upper is None else upper)}
 
     return seeds, test, estimate
 
@@ -510,9 +521,10 @@ def _most_case(c: Claim, d: pd.DataFrame):
     def estimate(keep):
         r = test(keep)
         higher = int(sum(((m.loc[e][c.a] - m.loc[e][c.b]).loc[keep].mean() > 0) for e in exits))
+        # [shown higher, every exit]: the partial conjunction's count is a 95% lower confidence bound
         return {"text": f"higher on {higher} of {len(exits)} exits; shown higher on {r['exits_up']} "
                         f"(partial conjunction, needs {u})", "estimate": float(higher), "lo": float(r["exits_up"]),
-                "hi": np.nan, "unit": "exits", "level": np.nan}
+                "hi": float(len(exits)), "unit": "exits", "level": 0.95, **_lines(np.nan, float(u))}
 
     return seeds, test, estimate, u
 
@@ -547,10 +559,11 @@ def _lambda_case(c: Claim, d: pd.DataFrame):
         r = test(keep)
         if c.kind in ("lambda-flat", "lambda-effect"):
             return {"text": f"largest |λ mean − λ=0.02 mean| {r.get('worst', np.nan):.2f} pts (margin {LAMBDA_MARGIN:g})",
-                    "estimate": r.get("worst", np.nan), "lo": np.nan, "hi": np.nan, "unit": " pts", "level": np.nan}
+                    "estimate": r.get("worst", np.nan), "lo": np.nan, "hi": np.nan, "unit": " pts (largest |Δ| over λ)",
+                    "level": np.nan, **_lines(0.0, np.nan, LAMBDA_MARGIN)}
         text = _fmt(r["diff"], " pts") + ("" if np.isnan(r["lo"]) else f" [{r['lo']:+.2f}, {r['hi']:+.2f}]")
         return {"text": f"sd over λ, {c.a} − {c.b}: {text}", "estimate": r["diff"], "lo": r["lo"], "hi": r["hi"],
-                "unit": " pts", "level": 0.95}
+                "unit": " pts (sd over λ)", "level": 0.95, **_lines(0.0)}
 
     return seeds, test, estimate, tables
 
@@ -616,7 +629,7 @@ def _kind_on(c: Claim, backbone, task) -> str:
 def _case(c: Claim, tables: claim_tables.Tables, backbone, task, label, value=None) -> Case:
     kind = _kind_on(c, backbone, task)
     none = lambda keep: {"kind": "not_testable"}
-    blank = lambda keep: {"text": "", "estimate": np.nan, "lo": np.nan, "hi": np.nan, "unit": "", "level": np.nan}
+    blank = lambda keep: {"text": "", "estimate": np.nan, "lo": np.nan, "hi": np.nan, "unit": "", "level": np.nan, **_lines()}
     if c.kind == "not_testable":
         return Case(c, task, backbone, label, kind, [], none, lambda keep: {**blank(keep), "text": c.not_testable_why},
                     status=stats.NOT_TESTABLE, note=c.not_testable_why)
@@ -818,14 +831,16 @@ def judge(profile: str, tables: claim_tables.Tables | None = None, claims: list[
             verdict = case.status
         elif verdict == stats.INCONCLUSIVE and not np.isnan(power) and power < POWER:
             verdict = UNDERPOWERED
-        est = case.estimate(case.seeds) if not case.status else \
-            {"text": case.note, "estimate": np.nan, "lo": np.nan, "hi": np.nan, "unit": "", "level": np.nan}
+        # a row whose model did not learn keeps its estimate (the forest plots draw it, marked as such)
+        est = case.estimate(case.seeds) if case.status in ("", DIDNT_LEARN) else \
+            {"text": case.note, "estimate": np.nan, "lo": np.nan, "hi": np.nan, "unit": "", "level": np.nan, **_lines()}
         stable = float(np.mean(agree[i])) if agree[i] else np.nan
         effect = c.paper_effect(_family_of(case.backbone), case.task) if c.paper_effect and case.task else np.nan
         rows.append({
             "id": c.id, "claim": c.text, "task": case.label, "chapter": c.chapter, "kind": case.kind,
             "family": FAMILIES[c.family], "paper": c.paper_says, "ours": est["text"],
             "estimate": est["estimate"], "lo": est["lo"], "hi": est["hi"], "unit": est["unit"], "interval level": est["level"],
+            "reference": est["reference"], "margin lo": est["margin lo"], "margin hi": est["margin hi"],
             "seeds": len(case.seeds), "sd": t.get("sd", np.nan) if not case.status else np.nan,
             "p": v["p"], "p (Holm)": v["p_adj"], "p support": v["p_support"] if not case.status else np.nan,
             "verdict": verdict,

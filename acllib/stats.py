@@ -137,6 +137,24 @@ def paired_variance_test(a, b) -> dict:
     return {"ratio": ratio, "r": float(r.statistic), "p": float(r.pvalue), "n": n}
 
 
+def variance_ratio_interval(a, b, level: float = 0.95) -> tuple[float, float]:
+    """The interval for var(a) / var(b) of paired samples that inverts the Pitman-Morgan test above:
+    the ratios theta that the test of var(a / sqrt(theta)) = var(b) does not reject at 1 - level.
+    Closed form (Pitman 1939): F (K -/+ sqrt(K^2 - 1)) with F the ratio of sample variances, r the
+    correlation of a and b, K = 1 + 2 (1 - r^2) t^2 / (n - 2), t the two-sided t quantile on n - 2
+    degrees of freedom (tests/test_stats.py inverts paired_variance_test numerically against it)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = len(a)
+    if n < 3 or a.var() == 0 or b.var() == 0:
+        return np.nan, np.nan
+    f = a.var(ddof=1) / b.var(ddof=1)
+    r = np.corrcoef(a, b)[0, 1]
+    t = stats.t.ppf(0.5 + level / 2, n - 2)
+    k = 1 + 2 * (1 - r * r) * t * t / (n - 2)
+    root = np.sqrt(k * k - 1)
+    return float(f * (k - root)), float(f * (k + root))
+
+
 def share_in_every_cluster(successes, trials, lower: float | None = None, upper: float | None = None) -> dict:
     """Whether every cluster's share of items with a property (a seed's run: its batches inside the
     angle band, its steps over 90 degrees) lies above `lower` and/or below `upper`, from counts.

@@ -11,7 +11,7 @@ from acllib import paper
 from acllib.store import REPO
 
 CHAPTERS = {  # notebook -> what its page must show
-    "00_summary": {"images": 0, "tables": 0, "paper": ["arXiv 2602.03563", "Scope of this build"], "caption": False},
+    "00_summary": {"images": 1, "tables": 0, "paper": ["arXiv 2602.03563", "Scope of this build"], "caption": False},
     "01_pilot_angles": {"images": 2, "tables": 3, "paper": [paper.numbers()["pilot"]["ce"]["mean"],
                                                              paper.numbers()["pilot"]["ce+scl"]["mean"]]},
     "02_table1": {"images": 2, "tables": 2, "paper": [paper.table1("BERT", "ACL")["rte"], paper.table1("HeadPrune")["rte"],
@@ -22,7 +22,7 @@ CHAPTERS = {  # notebook -> what its page must show
     "06_tsne": {"images": 1, "tables": 1, "paper": [paper.numbers()["tsne"]["acl"]]},
     "07_early_exit": {"images": 1, "tables": 2, "paper": []},
     "08_few_shot": {"images": 2, "tables": 4, "paper": ["Gunel et al."]},
-    "09_claims": {"images": 0, "tables": 3, "paper": ["75°–105°", paper.numbers()["tsne"]["acl"]], "caption": False},
+    "09_claims": {"images": 3, "tables": 3, "paper": ["75°–105°", paper.numbers()["tsne"]["acl"]], "caption": False},
     "10_differences": {"images": 0, "tables": 2, "paper": ["bert-base-uncased, roberta-base"], "caption": False},
     "11_provenance": {"images": 0, "tables": 4, "paper": [], "caption": False},
 }
@@ -76,13 +76,13 @@ def test_chapter_shows_figures_tables_and_paper_numbers(built_book, name):
         assert "p (Holm)" in html and stats.NOT_TESTABLE in html and "The primary family" in html
 
 
-def _judge_cli(cache, out):
+def _judge_cli(cache, out, *more):
     """python -m acllib claims, in process, on a cache: the claims table from the runs alone."""
     from acllib.__main__ import main
     old = os.environ.get("ACL_CACHE")
     os.environ["ACL_CACHE"] = str(cache)
     try:
-        assert main(["claims", "--profile", "smoke", "--out", str(out)]) == 0
+        assert main(["claims", "--profile", "smoke", "--out", str(out), *more]) == 0
     finally:
         os.environ["ACL_CACHE"] = old if old is not None else ""
         if old is None:
@@ -97,8 +97,9 @@ def test_the_cli_gives_the_claims_chapters_table(built_book, cache, tmp_path):
     import json
     import pandas as pd
     chapter = pd.read_csv(built_book.parents[1] / "claims.csv")
-    cli = _judge_cli(cache, tmp_path / "claims.csv")
+    cli = _judge_cli(cache, tmp_path / "claims.csv", "--plot", str(tmp_path / "forest.png"))
     pd.testing.assert_frame_equal(cli, chapter)
+    assert (tmp_path / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the forest plots, outside the book
     ledger = json.loads((tmp_path / "claims.json").read_text())
     t1 = [r for r in ledger["rows"] if r["claim"] == "p-atleast-CE"]
     assert t1 and all(len(r["runs"]) > 0 for r in t1)

@@ -274,6 +274,31 @@ def test_paired_variance_test_by_simulation_and_hand():
     assert r["p"] == pytest.approx(sps.pearsonr(a + b, a - b).pvalue) if not math.isnan(r["p"]) else True
 
 
+def test_variance_ratio_interval_inverts_the_pitman_morgan_test():
+    # independent reference: the ratios theta at which scipy's pearsonr test of (a/sqrt(theta) + b,
+    # a/sqrt(theta) - b) has p = 0.05, found by root search on either side of the sample ratio
+    from scipy.optimize import brentq
+    rng = np.random.default_rng(5)
+    for n in (5, 8, 20):
+        z = rng.normal(size=n)
+        a, b = 2 * z + rng.normal(size=n), z + rng.normal(size=n)
+        lo, hi = stats.variance_ratio_interval(a, b, 0.95)
+        f = a.var(ddof=1) / b.var(ddof=1)
+        p_at = lambda theta: sps.pearsonr(a / np.sqrt(theta) + b, a / np.sqrt(theta) - b).pvalue - 0.05
+        assert lo < f < hi
+        assert lo == pytest.approx(brentq(p_at, f * 1e-4, f), rel=1e-6)
+        assert hi == pytest.approx(brentq(p_at, f, f * 1e4), rel=1e-6)
+    # coverage by simulation: the true ratio 4 inside the 90% interval about 90% of the time
+    inside = 0
+    for _ in range(2000):
+        z = rng.normal(size=6)
+        x, y = 2 * (z + rng.normal(size=6)), z + rng.normal(size=6)
+        lo, hi = stats.variance_ratio_interval(x, y, 0.90)
+        inside += lo <= 4.0 <= hi
+    assert abs(inside / 2000 - 0.90) < 3 * np.sqrt(0.9 * 0.1 / 2000)
+    assert all(map(math.isnan, stats.variance_ratio_interval([1, 2], [2, 1])))  # n < 3: no interval
+
+
 def test_stability_at_its_stated_error():
     """Issue #24: both one-sided Pitman-Morgan p at full alpha decided 9.4% of null cases; the
     two-sided p, read as a difference row (its sign the claimed side), decides at most 5%."""
