@@ -182,7 +182,7 @@ def ce_step_seconds(repeats: int = 5) -> float:
     (bench.py's ce_bf16_step_s, fewer repeats): this machine's speed varies by up to 2x between days,
     so each build records it, and builds are compared by their minutes over it."""
     import torch
-    from . import train
+    from . import acl_grad, train
     cfg, td, idx = _probe_batch()
     batch = train.BatchGetter(td.train, td.pad_id)(idx)
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def ce_step_seconds(repeats: int = 5) -> float:
         model.train()
         with train.autocast(cfg.precision):
             loss = objective(batch, 1)
-        train.backward(loss, [p for _, p in named], False, 90.0, False)
+        acl_grad.backward(loss, [p for _, p in named], False, 90.0, False)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= 2:

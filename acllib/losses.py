@@ -1,5 +1,6 @@
 """The paper's losses: SupCon (Eq. 1), ACL-Embed (sec. 4.2), ACL-CL (sec. 4.4), the gradient angle
-(Eq. 2) with the ACL-Grad weight rule (Eq. 4), and Hinton's logit distillation for 2ST.
+(Eq. 2, per parameter group and on stacked exits), and Hinton's logit distillation for 2ST. The
+ACL-Grad rule (Eq. 4) and the steps that apply it live in acl_grad.py.
 
 Every contrastive loss here reduces to `supcon_loss` on a batch augmented with extra labelled vectors,
 so the three are one formula with three different batches.
@@ -168,8 +169,3 @@ def gradient_angle(loss_a: torch.Tensor, loss_b: torch.Tensor,
     g_a = torch.autograd.grad(loss_a, params, retain_graph=True, allow_unused=True)
     g_b = torch.autograd.grad(loss_b, params, retain_graph=True, allow_unused=True)
     return angle_between(g_a, g_b)
-
-
-def acl_grad_weight(angle: float, lam: float, threshold: float) -> float:
-    """Eq. 4: the auxiliary loss keeps its weight lam unless the angle exceeds the threshold."""
-    return 0.0 if angle > threshold else lam  # nan > threshold is False: no conflict, keep lam

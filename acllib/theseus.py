@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as gdata
-from . import train
+from . import acl_grad, train
 from .config import COMPRESSION_SETTINGS, RunConfig
 from .models import MultiExitModel, encoder_layers, set_encoder_layers
 
@@ -117,8 +117,8 @@ def compress(cfg: RunConfig, model: MultiExitModel, td: train.TaskData, progress
         replaced[:] = draw(rng, p, n)
         schedule.append({"step": step, "p": p, "replaced": int(sum(replaced))})
 
-    def objective(batch, epoch: int) -> train.Loss:
-        return train.Loss(F.cross_entropy(theseus.logits(batch, replaced).float(), batch["labels"]))
+    def objective(batch, epoch: int) -> acl_grad.Loss:
+        return acl_grad.Loss(F.cross_entropy(theseus.logits(batch, replaced).float(), batch["labels"]))
 
     def evaluate():
         with theseus.successor_view() as successor:

@@ -38,3 +38,20 @@ def test_acl_grad_costs_more_than_ce_and_stage_two_less_than_stage_one(cache):
     two = make_config("smoke", "rte", strategy="2st", method="ce", exit="mha")
     assert acl > ce
     assert cost.run_flops(two)["flops"] < cost.run_flops(two.stage1())["flops"]
+
+
+def test_the_bench_measures_in_this_machines_precision(monkeypatch):
+    """Issue #26, item 3: on a CPU without native bf16 every figure of `make bench` is in fp32 and the
+    bf16-against-fp32 rows are skipped with the measured slow-down; with native bf16, bf16 and the rows."""
+    from acllib import config
+    from acllib.store import REPO
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench
+    for native, precision in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(config, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(bench, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(bench, "bf16_slowdown", lambda: 23.4)
+        monkeypatch.setattr(config, "_WARNED_BF16", [1.0])  # no warning measurement here
+        plan = bench.precision_plan()
+        assert plan["precision"] == precision and plan["bf16_rows"] is native
+        assert ("23x slower" in plan["why"] and plan["why"].startswith("skipped")) if not native else plan["why"] == ""

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from acllib.acl_grad import acl_grad_weight  # noqa: E402
 from acllib.losses import (  # noqa: E402
     acl_cross_layer_loss,
     acl_embed_loss,
-    acl_grad_weight,
     angle_between,
     gradient_angle,
     kd_loss,

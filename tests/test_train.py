@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from acllib import data as gdata
-from acllib import make_config, runs, train
+from acllib import acl_grad, make_config, runs, train
 from acllib.losses import acl_embed_loss, angle_between
 from acllib.models import load_tokenizer
 
@@ -30,7 +30,7 @@ def _one_step(cfg, model, batch, epoch=1):
     model.train()
     torch.manual_seed(123)  # the same dropout masks for every variant
     loss = train.full_objective(cfg, model)(batch, epoch)
-    measured = train.backward(loss, params, cfg.acl_grad, cfg.angle_threshold, cfg.log_angles)
+    measured = acl_grad.backward(loss, params, cfg.acl_grad, cfg.angle_threshold, cfg.log_angles)
     torch.nn.utils.clip_grad_norm_(params, train.MAX_GRAD_NORM)
     opt.step()
     return measured
@@ -66,7 +66,7 @@ def test_acl_grad_under_threshold_uses_weighted_sum(rte_batch):
     g_ce = torch.autograd.grad(loss.main, params, retain_graph=True, allow_unused=True)
     g_acl = torch.autograd.grad(loss.aux, params, retain_graph=True, allow_unused=True)
     ref = torch.autograd.grad(0.7 * loss.main + 0.3 * loss.aux, params, retain_graph=True, allow_unused=True)
-    (angle, lam), = train.backward(loss, params, True, 180.0, False)
+    (angle, lam), = acl_grad.backward(loss, params, True, 180.0, False)
     assert lam == 0.3
     assert math.isclose(angle, angle_between(g_ce, g_acl), rel_tol=1e-9)
     for p, r in zip(params, ref):
@@ -214,10 +214,10 @@ def test_gradient_accumulation_equals_one_big_batch(rte_batch):
     objective_big, objective_small = train.full_objective(cfg, big), train.full_objective(cfg, small)
     p_big = [p for p in big.parameters() if p.requires_grad]
     p_small = [p for p in small.parameters() if p.requires_grad]
-    train.backward(objective_big(rte_batch, 1), p_big, False, 90.0, False)
+    acl_grad.backward(objective_big(rte_batch, 1), p_big, False, 90.0, False)
     for half in (slice(0, 8), slice(8, 16)):  # two micro-batches of the same 16 examples
         part = {k: v[half] for k, v in rte_batch.items()}
-        train.backward(objective_small(part, 1), p_small, False, 90.0, False, scale=0.5)
+        acl_grad.backward(objective_small(part, 1), p_small, False, 90.0, False, scale=0.5)
     for a, b in zip(p_big, p_small):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
@@ -327,7 +327,7 @@ def test_stacked_acl_grad_step_equals_the_per_parameter_one(cache, aux, monkeypa
     results = []
     for stacked in (True, False):
         lams = iter([0.0, 0.3, 1.0] * 2)
-        monkeypatch.setattr(train, "acl_grad_weight", lambda angle, lam, threshold: next(lams))
+        monkeypatch.setattr(acl_grad, "acl_grad_weight", lambda angle, lam, threshold: next(lams))
         for p in params:
             p.grad = None
         measured = []
@@ -336,7 +336,7 @@ def test_stacked_acl_grad_step_equals_the_per_parameter_one(cache, aux, monkeypa
             assert loss.stacked is not None  # the MHA exits run stacked
             if not stacked:
                 loss = dataclasses.replace(loss, stacked=None)
-            measured += train.backward(loss, params, True, cfg.angle_threshold, False, scale=0.5)
+            measured += acl_grad.backward(loss, params, True, cfg.angle_threshold, False, scale=0.5)
         results.append((measured, [None if p.grad is None else p.grad.clone() for p in params],
                         [p.grad is None or p.grad.stride() == p.stride() for p in params]))
     (m_stacked, g_stacked, layout), (m_plain, g_plain, _) = results
@@ -442,7 +442,7 @@ def test_additive_weighting_is_ce_plus_lam_aux(rte_batch, grad):
         assert loss.additive and loss.weights(1.0) == (1.0, 1.0) and loss.weights(0.0) == (1.0, 0.0)
         w_aux = lam_used if grad else 1.0
         ref = torch.autograd.grad(loss.main + w_aux * loss.aux, params, retain_graph=True, allow_unused=True)
-        measured = train.backward(loss, params, grad, cfg.angle_threshold, False)
+        measured = acl_grad.backward(loss, params, grad, cfg.angle_threshold, False)
         assert [lam for _, lam in measured] == ([lam_used] if grad else [])
         for p, r in zip(params, ref):
             if r is not None:
@@ -475,7 +475,7 @@ def test_stage2_acl_grad_measures_the_angle_against_ce_or_ce_plus_kd(cache, ref,
     g_aux = torch.autograd.grad(loss.aux, stacks, retain_graph=True, allow_unused=True)
     want = [angle_between([g[e] for g in g_ref if g is not None], [g[e] for g in g_aux if g is not None])
             for e in range(len(layers))]
-    measured = train.backward(loss, [p for g in groups for p in g], True, 180.0, False)
+    measured = acl_grad.backward(loss, [p for g in groups for p in g], True, 180.0, False)
     assert [a for a, _ in measured] == pytest.approx(want, rel=1e-6)
 
 
