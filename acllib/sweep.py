@@ -143,6 +143,59 @@ def _restore_cluster_mode(saved: tuple) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
+def _reload_ray_config() -> None:
+    """Ray reads RAY_AUTH_MODE into its cached config when it is first imported: a change made
+    later is seen only after the config is initialised again (as Ray's own _enable_token_auth does),
+    and the token loader reads its file again after a reset."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _restore_join(saved_env: dict, saved_mode: tuple) -> None:
+    for k, v in saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _restore_cluster_mode(saved_mode)
+    _reload_ray_config()
+
+
+def auth_token_source() -> str | None:
+    """Where Ray would read its token, in Ray's order (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then
+    ~/.ray/auth_token), or None when there is none here."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+NO_TOKEN = ("no Ray auth token on this machine (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token): a head "
+            "started by `ray start` (Ray >= 2.59) refuses it; copy the head's token here (`ray get-auth-token` there)")
+
+
+def _join_environment(address: str) -> dict[str, str]:
+    """What a driver must set to join a running cluster, as Ray 2.60 behaves (issue #26):
+    - RAY_AUTH_MODE=token where this machine has a token and the variable is unset. `ray start`
+      turns token authentication on for the cluster it starts, but a driver that joins by address
+      reads RAY_AUTH_MODE only and sends no token without it: the head answers InvalidAuthToken until
+      the connection gives up, even with the token at its default path. A head without
+      authentication accepts a driver that sends one (checked), so sending it is always safe.
+    - cluster mode off where the head is on this machine's loopback: Ray rewrites 127.0.0.1 to the
+      machine's reachable address, where a head bound to loopback (as tests bind theirs) does not
+      listen; a head bound to every interface answers on loopback too (checked)."""
+    env = {}
+    if "RAY_AUTH_MODE" not in os.environ and auth_token_source() is not None:
+        env["RAY_AUTH_MODE"] = "token"
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        env[_NO_CLUSTER] = "0"
+    return env
+
+
 def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1, workers: int | None = None,
           max_retries: int = 3, progress: bool = True, configs=None) -> dict:
     """Run the plan's missing runs on Ray. address: "local" starts a Ray instance on this machine
@@ -171,7 +224,24 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
             _restore_cluster_mode(saved)
             raise
     else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        joining = _join_environment(address)
+        if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_MODE" not in joining:
+            print(f"warning: {NO_TOKEN}", file=sys.stderr)
+        from ray._private import ray_constants
+        saved_env = {k: os.environ.get(k) for k in joining}
+        saved = os.environ.get(_NO_CLUSTER), ray_constants.ENABLE_RAY_CLUSTER
+        os.environ.update(joining)
+        if _NO_CLUSTER in joining:
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        _reload_ray_config()
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except BaseException as err:
+            _restore_join(saved_env, saved)
+            if isinstance(err, ConnectionError):
+                raise ConnectionError(f"could not join the Ray cluster at {address!r}: {str(err).strip()}"
+                                      + ("" if auth_token_source() else f"; {NO_TOKEN}")) from err
+            raise
     counts = {"planned_missing": len(todo), "trained": 0, "skipped": 0, "failed": 0}
     held: dict[str, RunConfig] = {}  # this driver's claims, all released on the way out
 
@@ -284,7 +354,9 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         for c in list(held.values()):
             release(c)
         bar.close()
+        ray.shutdown()  # a joined cluster goes on: only this driver leaves it
         if started:
-            ray.shutdown()
             _restore_cluster_mode(saved)
+        else:
+            _restore_join(saved_env, saved)
     return counts

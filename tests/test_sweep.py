@@ -202,3 +202,74 @@ def test_the_book_build_trains_on_ray_first_and_records_it(fresh_cache, tmp_path
     record = json.loads((fresh_cache / "book" / "smoke" / "builds.json").read_text())[-1]
     assert record["trained_on"] == "ray (local)" and record["runs_trained"] == planned
     assert 0 < record["sweep_minutes"] <= record["minutes"]
+
+
+def test_a_sweep_joins_a_head_that_ray_start_started(fresh_cache, tmp_path, monkeypatch, capfd):
+    """Issue #26, item 7: `ray start --head` with token authentication on, the token in a file the
+    driver can read (RAY_AUTH_TOKEN_PATH) but RAY_AUTH_MODE unset on the driver's side, as a user
+    who followed the README has it. Before the fix Ray 2.60 refused the driver (InvalidAuthToken,
+    then 'Failed to connect'). The head binds to 127.0.0.1, is started and stopped by the test (its
+    process group, by id), and the sweep's runs land in the driver's cache."""
+    import secrets
+    import shutil
+    import signal
+    import socket
+    import tempfile
+    import time
+    ray_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # cluster mode off: every socket on 127.0.0.1
+    head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                             "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", ray_dir],
+                            env=head_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and head.poll() is None:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        assert head.poll() is None, head.stderr.read()[-2000:]
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        from acllib.sweep import sweep
+        group = [c for c in plan.book_plan("smoke", CHAPTER)["06_tsne"] if c.strategy == "single"][:2]
+        counts = sweep("smoke", address=f"127.0.0.1:{port}", threads=1, progress=False, configs=group)
+        assert counts == {"planned_missing": 2, "trained": 2, "skipped": 0, "failed": 0}
+        assert all(runs.load_result(c) and runs.model_path(c).exists() for c in group)
+        assert not ray.is_initialized() and "RAY_AUTH_MODE" not in os.environ  # left as it found them
+        assert "no Ray auth token" not in capfd.readouterr().err
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` drains and stops what it started
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_joining_without_a_token_says_what_to_set(monkeypatch, tmp_path):
+    from acllib import sweep as sweep_mod
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    assert sweep_mod.auth_token_source() is None
+    assert sweep_mod._join_environment("10.0.0.5:6379") == {}
+    assert sweep_mod._join_environment("127.0.0.1:6379") == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "abc")
+    assert sweep_mod._join_environment("10.0.0.5:6379") == {"RAY_AUTH_MODE": "token"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's choice stands
+    assert sweep_mod._join_environment("auto") == {}
