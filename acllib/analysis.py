@@ -10,7 +10,7 @@ from . import data as gdata
 from . import measurements, runs, train
 from .config import RunConfig
 from .losses import acl_embed_loss, gradient_angle, supcon_loss
-from .models import encoder_layers, load_tokenizer
+from .models import count_forward_flops, encoder_layers, load_tokenizer
 
 
 FIXED_MODEL_AUX = ("scl", "acl-embed")
@@ -170,22 +170,6 @@ def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) 
     if layer != model.num_layers:  # count only the layers an exit at `layer` needs
         del encoder_layers(model.backbone)[layer:]
     return count_forward_flops(model, seq_len, layer)
-
-
-def count_forward_flops(model, seq_len: int = 128, layer: int | None = None) -> float:
-    """forward_flops of a model as it is (e.g. one whose heads were pruned), through exit `layer`."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-    layer = layer or model.exit_layers[-1]
-    dev = next(model.parameters()).device
-    batch = {"input_ids": torch.ones(1, seq_len, dtype=torch.long, device=dev),
-             "attention_mask": torch.ones(1, seq_len, dtype=torch.long, device=dev),
-             "token_type_ids": torch.zeros(1, seq_len, dtype=torch.long, device=dev)}
-    # the math backend: torch's counter has no entry for the fused CPU attention kernel (it would count 0)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        hs = model.hidden_states(batch)
-        model.run_exits(hs, batch["attention_mask"], [layer])
-    return float(counter.get_total_flops())
 
 
 def row_flops(cfg: RunConfig, result: dict, seq_len: int = 128, layer: int | None = None) -> float:

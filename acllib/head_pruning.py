@@ -23,7 +23,8 @@ from torch import nn
 from . import data as gdata
 from . import paper, train
 from .config import COMPRESSION_SETTINGS, RunConfig
-from .models import encoder_layers
+from .models import count_forward_flops, encoder_layers
+from .results import make_result
 
 _S = COMPRESSION_SETTINGS["headprune"]  # in the run's hash
 IMPORTANCE_EXAMPLES = _S["importance_examples"]  # training examples the importance is estimated on (a seeded subset: the budget)
@@ -148,14 +149,12 @@ def path_points(n_heads: int, step: float = PATH_STEP) -> list[int]:
     return sorted({min(n_heads, round(k * step * n_heads)) for k in range(int(math.ceil(1 / step)) + 1)})
 
 
-def run(cfg: RunConfig, progress: bool = True) -> dict:
-    """A headprune run: its CE model (cfg.stage1(), run first if missing), the importances, the path
-    and the model at the paper's FLOPs ratio; the result has the keys of every run's result."""
-    from . import runs
+def run(cfg: RunConfig, model, td, progress: bool = True) -> dict:
+    """A headprune run on `model`, its CE model (cfg.stage1()'s, trained; pruned here in place) and
+    that run's task data `td`: the importances, the path and the model at the paper's FLOPs ratio;
+    the result has the keys of every run's result."""
     t0 = time.perf_counter()
     base = cfg.stage1()
-    model = runs.load_model(base, progress)
-    td = train.load_task_data(base, runs.load_tokenizer(base.backbone))
     rng = np.random.default_rng([cfg.seed, 1905])
     sub = rng.permutation(len(td.train))[:IMPORTANCE_EXAMPLES]
     importance = head_importance(model, td.train, cfg.precision, td.pad_id, sub)
@@ -188,7 +187,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     seconds = time.perf_counter() - t0
     log = train.FitLog(epochs=[{"epoch": 0, "train_main_loss": None, "train_seconds": 0.0,
                                 "eval_seconds": target["eval_seconds"], "eval": target["final"]}])
-    result = runs._result(cfg, log, td, model, target["final"], seconds, stage1_hash=base.hash,
+    result = make_result(cfg, log, td, model, target["final"], seconds, stage1_hash=base.hash,
                           importance=importance.tolist(), order=order, target_flops_ratio=ratio,
                           target={k: v for k, v in target.items() if k != "final"}, path=path,
                           forward_flops={"seq_len": SEQ_LEN, "flops": target["flops"]},
@@ -198,5 +197,4 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
 
 
 def _count(model) -> float:
-    from .analysis import count_forward_flops
     return count_forward_flops(model, SEQ_LEN)

@@ -7,116 +7,22 @@ every file is written atomically, so an interrupted run leaves nothing half-writ
 """
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from . import data as gdata
-from . import store, train
+from . import head_pruning, store, theseus, train
 from .config import AFTER_STAGE1, RunConfig
 from .models import load_tokenizer
+# the run's files and results live one layer down; runs.load_result etc. are the executor's words too
+from .results import _cpu_model, _git_commit, load_result, make_result, model_path, provenance, result_path  # noqa: F401
 
 
 # Full fine-tuning strategies whose weights are saved: stage 1 of 2st, and the multi-exit models
 # that early exiting reuses.
 KEEPS_WEIGHTS = ("single", "jt", "alt")
-
-
-def result_path(cfg: RunConfig) -> Path:
-    return store.cache_dir("runs") / f"{cfg.hash}.json"
-
-
-def model_path(cfg: RunConfig) -> Path:
-    return store.cache_dir("models") / f"{cfg.hash}.safetensors"
-
-
-def load_result(cfg: RunConfig) -> dict | None:
-    """The finished run's results, or None. A file that does not parse (cut short by something other
-    than our atomic writes, e.g. a copy) or that holds another config than its name's hash is
-    reported in one line and treated as missing, so the run is done again and the file replaced."""
-    path = result_path(cfg)
-    if not path.exists():
-        return None
-    try:
-        result = store.read_json(path)
-        ok = result.get("hash") == cfg.hash and RunConfig(**result["config"]).hash == cfg.hash
-    except (ValueError, KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        try:
-            key = (str(path), path.stat().st_mtime_ns)
-        except OSError:  # gone meanwhile
-            key = (str(path), -1)
-        if key not in _REPORTED:  # once per damaged file, though a sweep looks at it many times
-            _REPORTED.add(key)
-            print(f"warning: {path} is not the complete result of run {cfg.hash} (unreadable, or another config); "
-                  "it is ignored and the run will be done again", file=sys.stderr)
-        return None
-    return result
-
-
-_REPORTED: set[tuple[str, int]] = set()
-
-
-def _git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store.REPO, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "acllib"], cwd=store.REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha or "unknown") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def provenance(cfg: RunConfig) -> dict:
-    import datasets
-    import numpy
-    import transformers
-    dev = train.device()
-    return {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "datasets": datasets.__version__,
-        "numpy": numpy.__version__, "acllib_commit": _git_commit(),
-        "device": str(dev), "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else _cpu_model(),
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "precision": cfg.precision,
-        "glue_source": gdata.glue_source(), "finished_at": datetime.datetime.now(datetime.UTC).isoformat(),
-    }
-
-
-def _result(cfg: RunConfig, log: train.FitLog, td: train.TaskData, model, final: dict,
-            seconds: float, **extra) -> dict:
-    task = gdata.get_task(cfg.task)
-    primary = next(iter(td.evals))
-    return {
-        "hash": cfg.hash, "config": cfg.to_dict(), **extra,
-        "headline_metric": task.metrics[0], "eval_split": primary,
-        "score": {m: v[task.metrics[0]] for m, v in final[primary].items()},
-        "final": final, "epochs": log.epochs, "angles": log.angles,
-        "n_train": len(td.train), "n_eval": {s: len(d) for s, d in td.evals.items()},
-        "missing_eval_splits": td.missing_eval_splits,
-        "train_seconds": log.train_seconds,
-        "train_examples_per_s": log.train_examples / log.train_seconds if log.train_seconds else None,
-        "total_seconds": seconds, "params": model.parameter_report(),
-        "provenance": provenance(cfg),
-    }
 
 
 def note_requested(cfgs) -> None:
@@ -140,9 +46,11 @@ def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
             return cached
     if cfg.strategy == "2st":
         return run_two_stage([cfg], progress, force)[0]
-    if cfg.strategy in ("headprune", "theseus"):
-        from . import head_pruning, theseus
-        result = (head_pruning if cfg.strategy == "headprune" else theseus).run(cfg, progress)
+    if cfg.strategy in ("headprune", "theseus"):  # both start from their CE model, passed in
+        base = cfg.stage1()
+        base_model = load_model(base, progress)
+        td = train.load_task_data(base, load_tokenizer(base.backbone))
+        result = (head_pruning if cfg.strategy == "headprune" else theseus).run(cfg, base_model, td, progress)
         store.write_json(result_path(cfg), result)
         return result
     t0 = time.perf_counter()
@@ -152,7 +60,7 @@ def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
     log = train.train_full(cfg, model, td, progress)
     if cfg.strategy in KEEPS_WEIGHTS:  # the checkpoint first: a results file always has its weights
         store.save_tensors(model_path(cfg), model.state_dict())
-    result = _result(cfg, log, td, model, log.epochs[-1]["eval"], time.perf_counter() - t0)
+    result = make_result(cfg, log, td, model, log.epochs[-1]["eval"], time.perf_counter() - t0)
     store.write_json(result_path(cfg), result)
     return result
 
@@ -225,7 +133,7 @@ def two_stage_each(cfgs: list[RunConfig], progress: bool = True, force: bool = F
                 for split, scores in (epoch["eval"] or {}).items():
                     scores[last] = r1["final"][split][last]
             final = log.epochs[-1]["eval"]
-            result = _result(cfg, log, td, model, final, time.perf_counter() - t0,
+            result = make_result(cfg, log, td, model, final, time.perf_counter() - t0,
                              stage1_hash=stage1.hash, feature_seconds=feature_seconds,
                              stage1_train_seconds=r1["train_seconds"])
             # The intermediate exits only (the rest is stage 1's checkpoint): ~1% of the model.

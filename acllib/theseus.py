@@ -28,6 +28,7 @@ from . import data as gdata
 from . import acl_grad, train
 from .config import COMPRESSION_SETTINGS, RunConfig
 from .models import MultiExitModel, encoder_layers, set_encoder_layers
+from .results import make_result
 
 _S = COMPRESSION_SETTINGS["theseus"]  # in the run's hash
 INITIAL_RATE = _S["initial_rate"]        # b: Xu et al.'s GLUE grid is {0.1, 0.3}
@@ -133,17 +134,15 @@ def compress(cfg: RunConfig, model: MultiExitModel, td: train.TaskData, progress
     return theseus, log, schedule, total_steps
 
 
-def run(cfg: RunConfig, progress: bool = True) -> dict:
-    """A theseus run: its predecessor (cfg.stage1(), run first if missing), module replacing, the
-    successor's dev scores; the result has the keys of every run's result."""
-    from . import runs
+def run(cfg: RunConfig, model, td, progress: bool = True) -> dict:
+    """A theseus run from `model`, its predecessor (cfg.stage1()'s CE model, trained) and that run's
+    task data `td`: module replacing, the successor's dev scores; the result has the keys of every
+    run's result."""
     t0 = time.perf_counter()
     base = cfg.stage1()
-    model = runs.load_model(base, progress)
-    td = train.load_task_data(base, runs.load_tokenizer(base.backbone))
     theseus, log, schedule, total_steps = compress(cfg, model, td, progress)
     successor = theseus.successor_model()
-    return runs._result(cfg, log, td, successor, log.epochs[-1]["eval"], time.perf_counter() - t0,
+    return make_result(cfg, log, td, successor, log.epochs[-1]["eval"], time.perf_counter() - t0,
                         stage1_hash=base.hash, schedule=schedule,
                         theseus={"initial_rate": INITIAL_RATE, "replacing_share": REPLACING_SHARE,
                                  "successor_layers": len(theseus.successor), "total_steps": total_steps})

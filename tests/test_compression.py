@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from acllib import analysis, head_pruning, runs, theseus, train
+from acllib import analysis, head_pruning, models, runs, theseus, train
 from acllib.config import make_config
 from acllib.models import encoder_layers
 
@@ -58,13 +58,13 @@ def test_pruned_parameters_and_flops_fall_as_computed():
     _, model = _model()
     hidden, d, seq = 32, 16, 128  # tiny: hidden 32, 2 heads of 16
     params0 = sum(p.numel() for p in model.parameters())
-    flops0 = analysis.count_forward_flops(model, seq)
+    flops0 = models.count_forward_flops(model, seq)
     head_pruning.prune_heads(model.backbone, {0: [0], 1: [0, 1], 3: [1]})
     k = 4
     # per head: query, key, value rows (d x hidden weights, d biases) and d output-projection columns
     assert params0 - sum(p.numel() for p in model.parameters()) == k * (3 * (d * hidden + d) + hidden * d)
     # per head and example: q, k, v and output projections 4 x 2 L hidden d; scores and context 2 x 2 L^2 d
-    assert flops0 - analysis.count_forward_flops(model, seq) == k * (8 * seq * hidden * d + 4 * seq * seq * d)
+    assert flops0 - models.count_forward_flops(model, seq) == k * (8 * seq * hidden * d + 4 * seq * seq * d)
 
 
 def test_head_importance_equals_a_per_example_loop_and_finite_differences():
@@ -226,11 +226,11 @@ def test_headprune_run(cache):
     # re-prune a fresh copy of the CE model along the stored order: the target is the first model
     # at or under the ratio, and it has the stored FLOPs
     model = runs.load_model(cfg.stage1())
-    full = analysis.count_forward_flops(model, head_pruning.SEQ_LEN)
+    full = models.count_forward_flops(model, head_pruning.SEQ_LEN)
     k = target["heads_pruned"]
     for layer, head in hp["order"][:k - 1]:
         head_pruning.prune_heads(model.backbone, {layer: [head]})
-    assert analysis.count_forward_flops(model, head_pruning.SEQ_LEN) > hp["target_flops_ratio"] * full
+    assert models.count_forward_flops(model, head_pruning.SEQ_LEN) > hp["target_flops_ratio"] * full
     head_pruning.prune_heads(model.backbone, {hp["order"][k - 1][0]: [hp["order"][k - 1][1]]})
-    assert analysis.count_forward_flops(model, head_pruning.SEQ_LEN) == pytest.approx(target["flops"])
+    assert models.count_forward_flops(model, head_pruning.SEQ_LEN) == pytest.approx(target["flops"])
     assert runs.load_result(cfg) is not None
