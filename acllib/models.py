@@ -39,9 +39,14 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     step and a third of a stage-2 exit forward; one 64-bit draw (two 32-bit generator words) per
     four units is half the generator's work of torch.rand and measured 3.7x faster.
     The scale is 1 / (1 - p), so the mask's mean is 1 - 7e-6 at p = 0.1 rather than exactly 1.
+    Plain version: F.dropout. Tests: tests/test_models.py::test_fast_dropout_matches_inverted_dropout_statistics
+    and ::test_dropout_mask_units_are_independent_and_tiny_rates_refused (units of one draw independent).
     """
     if p == 1.0:
         return torch.zeros_like(x)
+    if 0.0 < p and round(p * 65536) == 0:
+        raise ValueError(f"dropout p={p!r} is below 2^-17, which 16-bit masks round to no dropout; "
+                         "use 0 or a rate of at least 2^-17")
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
     bits = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-2^15, 2^15)
@@ -375,7 +380,9 @@ class ClsAttentionPool(torch.autograd.Function):
     Why by hand: x feeds the query slice, the scores and the pooling, and autograd sums those three
     gradients with two full-size additions and a zero-filled slice, a sixth of a stage-2 backward
     pass; here one product gives the sum: dx = dscores^T q_x + p^T dpooled, plus the query's row.
-    The test compares it with autograd on the same operations, with and without dropout.
+    Plain version: autograd on the same operations (tests/test_models.py::_cls_pool_reference), which
+    the tests hold it to in float64 with and without dropout, and in bf16 against the exact gradients
+    (::test_cls_attention_pool_backward_in_bf16_is_as_accurate_as_autograds).
     """
 
     @staticmethod

@@ -108,7 +108,9 @@ def make_optimizer(named_params, lr: float, weight_decay: float, total_steps: in
     """AdamW without decay on biases and LayerNorm weights, linear warm-up then linear decay to 0."""
     decay = [p for n, p in named_params if p.ndim >= 2]
     no_decay = [p for n, p in named_params if p.ndim < 2]
-    # fused: one kernel for all parameters; the per-tensor loop took 12% of a MiniLM step on CPU
+    # fused: one kernel for all parameters; the per-tensor loop took 12% of a MiniLM step on CPU.
+    # Plain version: AdamW(foreach=False, fused=False); equal on gradients laid out like their
+    # parameters, which acl_grad.backward guarantees (tests/test_train.py::test_the_fused_optimizer_...)
     fused = all(p.dtype in (torch.float32, torch.float64) for _, p in named_params)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=fused or None)

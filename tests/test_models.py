@@ -1,5 +1,6 @@
 """Exits and the multi-exit model against independent references (plain nn.MultiheadAttention,
 the Hugging Face backbone's own hidden states)."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -271,3 +272,42 @@ def test_the_shared_tokenizer_encodes_as_a_fresh_one():
     for kwargs in (dict(truncation=True, max_length=8), dict(truncation=True, max_length=64), dict(padding=True)):
         assert shared(a, b, **kwargs)["input_ids"] == fresh(a, b, **kwargs)["input_ids"]
         assert shared(a, **kwargs)["input_ids"] == fresh(a, **kwargs)["input_ids"]
+
+
+def test_cls_attention_pool_backward_in_bf16_is_as_accurate_as_autograds():
+    """Issue #25: the hand-written backward was checked in float64 only. In bf16 (the fast kind's
+    precision) its gradients stay as close to the exact (float64) ones as plain autograd's on the same
+    bf16 operations are: within 2x autograd's own error, and a few percent at most."""
+    from acllib.models import ClsAttentionPool
+    for seed in range(3):
+        exact_in = [t.detach().clone().requires_grad_(t.requires_grad) for t in _cls_pool_inputs(torch.float64, seed)]
+        low_in = [t.detach().to(torch.bfloat16).requires_grad_() if t.is_floating_point() else t for t in exact_in]
+        exact_in = [t.detach().to(torch.bfloat16).double().requires_grad_() if t.is_floating_point() else t
+                    for t in exact_in]  # the exact answer for the same (bf16-rounded) inputs
+        weight = torch.randn(2, 3, 2, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        exact = torch.autograd.grad((weight * _cls_pool_reference(*exact_in, None)).sum(), exact_in[:-1])
+        hand = torch.autograd.grad((weight.bfloat16() * ClsAttentionPool.apply(*low_in, 0.0, False)).sum(), low_in[:-1])
+        plain = torch.autograd.grad((weight.bfloat16() * _cls_pool_reference(*low_in, None)).sum(), low_in[:-1])
+        for e, h, p in zip(exact, hand, plain):
+            err_hand = ((h.double() - e).norm() / e.norm()).item()
+            err_plain = ((p.double() - e).norm() / e.norm()).item()
+            assert err_hand <= max(2 * err_plain, 0.01) and err_hand < 0.05, (err_hand, err_plain)
+
+
+def test_dropout_mask_units_are_independent_and_tiny_rates_refused():
+    """Issue #25: dropout_mask takes four 16-bit slices of each 64-bit draw. Neighbouring units (the
+    same draw) and units four apart (the next draw) are independent: chi-square tests of their 2x2
+    tables (scipy) do not reject; the keep rate is 1 - p. A rate that 16 bits cannot represent is
+    refused rather than silently meaning no dropout."""
+    from scipy.stats import chi2_contingency
+    from acllib.models import dropout_mask
+    torch.manual_seed(3)
+    keep = (dropout_mask(torch.empty(400_000), 0.3) != 0).numpy()
+    assert abs(keep.mean() - 0.7) < 0.005
+    units = keep[: len(keep) // 8 * 8].reshape(-1, 8)  # rows: two draws, units 0-3 and 4-7
+    for i, j in ((0, 1), (0, 3), (1, 2), (3, 4), (0, 4), (2, 7)):  # within one draw, across two
+        a, b = units[:, i], units[:, j]
+        table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]])
+        assert chi2_contingency(table).pvalue > 0.001, (i, j, table)
+    with pytest.raises(ValueError, match="1e-06.*2\\^-17"):
+        dropout_mask(torch.empty(10), 1e-6)

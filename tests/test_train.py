@@ -538,3 +538,48 @@ def test_a_tiny_model_learns_a_separable_task_end_to_end(method):
     labels = td.evals["validation"].labels
     majority = 100 * max(labels.float().mean().item(), 1 - labels.float().mean().item())
     assert accuracy >= majority + 25.0, (accuracy, majority)  # about 91 here, the majority 54
+
+
+def test_the_fused_optimizer_equals_plain_adamw_and_every_gradient_reaches_it_in_its_parameters_layout():
+    """Issue #25: make_optimizer's fused AdamW (one kernel for every parameter) against torch's plain
+    per-tensor AdamW (foreach and fused off), same groups and schedule: equal to float32 rounding on
+    gradients laid out like their parameters. The fused kernel misreads a gradient strided unlike its
+    parameter (checked here: it then differs), so acl_grad.backward copies such a gradient (autograd
+    returns one for bmm(W^T, .)) into its parameter's layout before it reaches .grad."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w": (6, 4), "b": (4,), "norm.weight": (4,)}
+    start = {n: torch.randn(*s, generator=g) for n, s in shapes.items()}
+
+    def optimise(layout_of_w: str, fused: bool) -> dict:
+        params = {n: torch.nn.Parameter(t.clone()) for n, t in start.items()}
+        if fused:
+            opt, sched = train.make_optimizer(list(params.items()), 1e-2, 0.01, 6, 0.34)
+            assert opt.defaults["fused"]
+        else:
+            opt = torch.optim.AdamW([{"params": [params["w"]], "weight_decay": 0.01},
+                                     {"params": [params["b"], params["norm.weight"]], "weight_decay": 0.0}],
+                                    lr=1e-2, foreach=False, fused=False)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, train.make_optimizer(
+                list(params.items()), 1e-2, 0.01, 6, 0.34)[1].lr_lambdas[0])
+        steps = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            for n, p in params.items():
+                grad = torch.randn(*shapes[n], generator=steps)
+                p.grad = grad.t().contiguous().t() if n == "w" and layout_of_w == "transposed" else grad
+            opt.step()
+            sched.step()
+        return {n: p.detach() for n, p in params.items()}
+
+    plain = optimise("contiguous", fused=False)
+    for n, v in optimise("contiguous", fused=True).items():
+        torch.testing.assert_close(v, plain[n], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(optimise("transposed", fused=True)["w"], plain["w"], atol=1e-3)  # the hazard
+    # the guard: a gradient autograd returns transposed reaches .grad in the parameter's layout
+    from acllib import acl_grad
+    w = torch.nn.Parameter(torch.randn(3, 6, 4, generator=g))
+    x = torch.randn(3, 5, 6, generator=g)
+    main = torch.bmm(w.transpose(1, 2), x.transpose(1, 2)).square().sum()
+    assert torch.autograd.grad(main, [w], retain_graph=True)[0].stride() != w.stride()
+    aux = torch.bmm(x, w).sum()
+    acl_grad.backward(acl_grad.Loss(main, aux, lam=0.2), [w], True, 90.0, False)
+    assert w.grad.stride() == w.stride()
