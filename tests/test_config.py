@@ -1,12 +1,9 @@
 """Configs, profiles and bad input: every mistake gets one clear line naming the bad value."""
-import subprocess
-import sys
 
 import pytest
 
 from acllib import data, make_config
 from acllib.config import PROFILES, RunConfig
-from acllib.store import REPO
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -70,11 +67,16 @@ def test_missing_model_folder():
         load_backbone("./no-such-model", 0.1)
 
 
-def _cli(*args, env_extra=None):
-    import os
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "acllib", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=300)
+def _cli(capsys, monkeypatch, *args, env_extra=None):
+    """python -m acllib ARGS, in this process (main(argv) is what the module runs)."""
+    from types import SimpleNamespace
+    from acllib.__main__ import main
+    for key, value in (env_extra or {}).items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -83,23 +85,22 @@ def _cli(*args, env_extra=None):
     (["run", "--profile", "smoke", "--task", "qnli"], "error: split 'train' of task 'qnli' is missing"),
     (["run", "--profile", "smoke", "--set", "backbone=./nowhere"], "error: model folder './nowhere' does not exist"),
 ])
-def test_cli_bad_input_is_one_line(args, message, cache):
-    proc = _cli(*args, env_extra={"ACL_CACHE": str(cache)})
+def test_cli_bad_input_is_one_line(args, message, cache, capsys, monkeypatch):
+    proc = _cli(capsys, monkeypatch, *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
 
 
-def test_cli_missing_glue_folder(cache):
-    proc = _cli("run", "--profile", "smoke", "--force", env_extra={"ACL_GLUE_SOURCE": "/nonexistent/glue",
-                                                        "ACL_CACHE": str(cache)})
+def test_cli_missing_glue_folder(cache, capsys, monkeypatch):
+    proc = _cli(capsys, monkeypatch, "run", "--profile", "smoke", "--force",
+                env_extra={"ACL_GLUE_SOURCE": "/nonexistent/glue"})
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: GLUE source folder '/nonexistent/glue' does not exist"
 
 
-def test_cli_runs_and_prints_metrics(cache):
-    proc = _cli("run", "--profile", "smoke", "--task", "rte", "--method", "acl", "--quiet",
-                env_extra={"ACL_CACHE": str(cache)})
+def test_cli_runs_and_prints_metrics(cache, capsys, monkeypatch):
+    proc = _cli(capsys, monkeypatch, "run", "--profile", "smoke", "--task", "rte", "--method", "acl", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "final accuracy" in proc.stdout and "examples/s" in proc.stdout and "angles:" in proc.stdout
 
