@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as gdata
-from . import measurements, runs, train
+from . import measurements, runs, strategies, train
 from .config import RunConfig
 from .losses import acl_embed_loss, gradient_angle, supcon_loss
 from .models import count_forward_flops, encoder_layers, load_tokenizer
@@ -165,7 +165,7 @@ def _state_geometry(cfg: RunConfig, poolings) -> list[dict]:
 def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) -> float:
     """FLOPs of one forward pass of one example of length `seq_len` up to exit `layer` (default:
     the model's last exit), counted by torch.utils.flop_counter (matmuls and attention)."""
-    model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels).eval()
+    model = strategies.build_model(cfg, gdata.get_task(cfg.task).num_labels).eval()
     layer = layer or model.exit_layers[-1]
     if layer != model.num_layers:  # count only the layers an exit at `layer` needs
         del encoder_layers(model.backbone)[layer:]

@@ -15,9 +15,6 @@ from .models import EXITS
 RESULTS_VERSION = 6  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16); 5: random training batches, linear exits with the pre-trained pooler; 6: length-windowed batches
 
 STRATEGIES = ("single", "direct", "2st", "jt", "alt", "headprune", "theseus")
-# Strategies that start from a finished full fine-tune (RunConfig.stage1): 2ST's stage 2, and the
-# compression baselines run on the CE model (head_pruning, theseus)
-AFTER_STAGE1 = ("2st", "headprune", "theseus")
 # The compression baselines' own settings (head_pruning and theseus read them from here). They enter
 # those runs' hashes only, so changing one re-runs them and no other run; "version" counts the
 # changes of their code that change results (theseus 2: dropout on in training, one draw per update).

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import data as gdata
+from . import strategies
 from .config import RunConfig, make_config
 
 # GLUE training-set sizes (the GLUE paper's Table 1; the hub's nyu-mll/glue), for tasks whose train
@@ -129,52 +130,42 @@ def _forward_per_example(cfg: RunConfig, tt: TaskTokens, layers=None, exits=1, e
     return f0 + a * tt.mean_len + b * tt.mean_len2
 
 
+@dataclass
+class Pricing:
+    """What a strategy counts its run's FLOPs from (Strategy.flops): the run, its data's token
+    statistics, its backbone's depth and attention heads, and its batches' padding (1 / (1 - share))."""
+    cfg: RunConfig
+    tt: TaskTokens
+    depth: int
+    heads: int
+    pad: float
+
+    def forward(self, layers=None, exits=1) -> float:
+        """Forward FLOPs per example through `layers` layers and `exits` exits (unpadded)."""
+        return _forward_per_example(self.cfg, self.tt, layers, exits)
+
+    def result(self, train_f: float, eval_f: float, examples: int, features: float = 0.0) -> dict:
+        return {"flops": train_f + eval_f + features, "train": train_f, "eval": eval_f, "features": features,
+                "examples_x_epochs": examples, "tokens_source": self.tt.source}
+
+
 def run_flops(cfg: RunConfig) -> dict:
     """FLOPs of one run (a 2st run: its stage 2 only; its stage 1 is a run of its own), padded as
     the profile's batches pad: "train" (the training steps), "eval" (dev passes) and, for 2st,
-    "features" (the frozen backbone once over train and dev, shared by every 2st run of one stage 1)."""
+    "features" (the frozen backbone once over train and dev, shared by every 2st run of one stage 1).
+    Each strategy counts its own (strategies/*.py, flops) from this run's Pricing."""
     tt = task_tokens(cfg)
-    depth = arch(cfg.backbone)["num_hidden_layers"] if cfg.depth is None else cfg.depth
-    n_exits = 1 if cfg.strategy in ("single", "direct") else depth
+    a = arch(cfg.backbone)
+    depth = a["num_hidden_layers"] if cfg.depth is None else cfg.depth
     pad = 1.0 / max(1e-9, 1.0 - tt.padding)
-    features = 0.0
-    if cfg.strategy == "headprune":  # no training: the importances (a forward and a backward to the
-        # activations, ~2 forwards) and dev passes along the path, priced unpruned (an upper bound)
-        from .head_pruning import IMPORTANCE_EXAMPLES, path_points
-        per = _forward_per_example(cfg, tt, depth, 1)
-        heads = arch(cfg.backbone)["num_hidden_layers"] * arch(cfg.backbone)["num_attention_heads"]
-        train_f = 2.0 * min(IMPORTANCE_EXAMPLES, tt.n_train) * per * pad
-        eval_f = (len(path_points(heads)) + 1) * tt.n_eval * per * pad
-        return {"flops": train_f + eval_f, "train": train_f, "eval": eval_f, "features": 0.0,
-                "examples_x_epochs": 0, "tokens_source": tt.source}
-    if cfg.strategy == "theseus":  # training priced at the predecessor's depth (an upper bound), eval at half
-        train_f = 3.0 * cfg.epochs * tt.n_train * _forward_per_example(cfg, tt, depth, 1) * pad
-        eval_f = (cfg.epochs if cfg.eval_each_epoch else 1) * tt.n_eval * _forward_per_example(cfg, tt, depth // 2, 1) * pad
-        return {"flops": train_f + eval_f, "train": train_f, "eval": eval_f, "features": 0.0,
-                "examples_x_epochs": tt.n_train * cfg.epochs, "tokens_source": tt.source}
-    if cfg.strategy == "2st":
-        features = (tt.n_train + tt.n_eval) * _forward_per_example(cfg, tt, depth, 0) * pad
-        exits_only = _forward_per_example(cfg, tt, 0, depth - 1)
-        factor = 5.0 if (cfg.stage2_grad or cfg.log_angles) else 3.0
-        train_f = factor * cfg.stage2_epochs * tt.n_train * exits_only * pad
-        eval_f = tt.n_eval * exits_only * pad
-        examples = tt.n_train * cfg.stage2_epochs
-    else:
-        per = _forward_per_example(cfg, tt, depth, n_exits)
-        factor = 5.0 if (cfg.acl_grad or cfg.log_angles) else 3.0
-        train_f = factor * cfg.epochs * tt.n_train * per * pad
-        eval_f = (cfg.epochs if cfg.eval_each_epoch else 1) * tt.n_eval * per * pad
-        examples = tt.n_train * cfg.epochs
-    return {"flops": train_f + eval_f + features, "train": train_f, "eval": eval_f, "features": features,
-            "examples_x_epochs": examples, "tokens_source": tt.source}
+    return strategies.get(cfg.strategy).flops(cfg, Pricing(cfg, tt, depth, a["num_hidden_layers"] * a["num_attention_heads"], pad))
 
 
 def training_examples(cfg: RunConfig) -> int:
     """Training examples x epochs a row of results took, its stage 1 included (2st, headprune,
     theseus start from a finished full fine-tune): what a table shows beside each row's score."""
-    from .config import AFTER_STAGE1
     own = run_flops(cfg)["examples_x_epochs"]
-    return own + (run_flops(cfg.stage1())["examples_x_epochs"] if cfg.strategy in AFTER_STAGE1 else 0)
+    return own + (run_flops(cfg.stage1())["examples_x_epochs"] if strategies.get(cfg.strategy).needs_stage1 else 0)
 
 
 def ce_step_seconds(repeats: int = 5) -> float:
@@ -182,11 +173,11 @@ def ce_step_seconds(repeats: int = 5) -> float:
     (bench.py's ce_bf16_step_s, fewer repeats): this machine's speed varies by up to 2x between days,
     so each build records it, and builds are compared by their minutes over it."""
     import torch
-    from . import acl_grad, train
+    from . import acl_grad, strategies, train
     cfg, td, idx = _probe_batch()
     batch = train.BatchGetter(td.train, td.pad_id)(idx)
     torch.manual_seed(0)
-    model = train.build_model(cfg, 2)
+    model = strategies.build_model(cfg, 2)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt, _ = train.make_optimizer(named, cfg.lr, cfg.weight_decay, 1000, 0.0)
     objective = train.full_objective(cfg, model)

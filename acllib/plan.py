@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import paper
-from .config import (AFTER_STAGE1, LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TABLE3_METHODS, RunConfig,
+from . import paper, strategies
+from .config import (LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TABLE3_METHODS, RunConfig,
                      get_profile, make_config)
 from .models import backbone_depth
 
@@ -275,7 +275,7 @@ def with_stage1(cfgs) -> list[RunConfig]:
     once, stage 1 first)."""
     out: dict[str, RunConfig] = {}
     for c in cfgs:
-        if c.strategy in AFTER_STAGE1:
+        if strategies.get(c.strategy).needs_stage1:
             out.setdefault(c.stage1().hash, c.stage1())
         out.setdefault(c.hash, c)
     return list(out.values())
@@ -308,13 +308,13 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
     for name, cfgs in plan.items():
         f = [dict(cost.run_flops(c)) for c in cfgs]
         for c, x in zip(cfgs, f):  # a 2st group's frozen-backbone features are computed once
-            if c.strategy == "2st":
+            if strategies.get(c.strategy).shares_stage1:
                 if c.stage1().hash in groups:
                     x["flops"] -= x["features"]
                 groups.add(c.stage1().hash)
         done = [load_result(c) for c in cfgs]
         for c, x, r in zip(cfgs, f, done):  # calibrate on full fine-tunes: their train_seconds are their training steps
-            if r is not None and c.strategy not in AFTER_STAGE1 and r.get("train_seconds") and flops_per_s:
+            if r is not None and not strategies.get(c.strategy).needs_stage1 and r.get("train_seconds") and flops_per_s:
                 calib.append(r["train_seconds"] / (x["train"] / flops_per_s))
         for b in _unique(c.backbone for c in cfgs) or [""]:
             mine = [(x, r) for c, x, r in zip(cfgs, f, done) if c.backbone == b]

@@ -1,4 +1,6 @@
-"""Runs as cached, self-describing units: a config in, one results file (and a checkpoint) out.
+"""The executor: runs as cached, self-describing units, a config in, one results file (and a
+checkpoint) out. A run found in the cache is returned; otherwise its stage 1 is run first where its
+strategy needs one, then its strategy (acllib/strategies/) trains it, and its files are written.
 
 data_cache/runs/<hash>.json holds per-epoch, per-exit dev metrics, the angle log, timings and
 provenance; data_cache/models/<hash>.safetensors the fine-tuned weights of single, JT and ALT runs
@@ -8,21 +10,13 @@ every file is written atomically, so an interrupted run leaves nothing half-writ
 from __future__ import annotations
 
 import os
-import time
-
-import torch
 
 from . import data as gdata
-from . import head_pruning, store, theseus, train
-from .config import AFTER_STAGE1, RunConfig
+from . import store, strategies, train
+from .config import RunConfig
 from .models import load_tokenizer
 # the run's files and results live one layer down; runs.load_result etc. are the executor's words too
 from .results import _cpu_model, _git_commit, load_result, make_result, model_path, provenance, result_path  # noqa: F401
-
-
-# Full fine-tuning strategies whose weights are saved: stage 1 of 2st, and the multi-exit models
-# that early exiting reuses.
-KEEPS_WEIGHTS = ("single", "jt", "alt")
 
 
 def note_requested(cfgs) -> None:
@@ -32,131 +26,86 @@ def note_requested(cfgs) -> None:
     path = os.environ.get("ACL_RUN_LEDGER")
     if not path:
         return
-    lines = [h for c in cfgs for h in ((c.stage1().hash,) if c.strategy in AFTER_STAGE1 else ()) + (c.hash,)]
+    lines = [h for c in cfgs for h in ((c.stage1().hash,) if strategies.get(c.strategy).needs_stage1 else ()) + (c.hash,)]
     with open(path, "a") as f:
         f.write("".join(h + "\n" for h in lines))
 
 
 def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
-    """The results of `cfg`, from the cache or by running it (and, for 2st, its stage 1)."""
+    """The results of `cfg`, from the cache or by running it: its stage 1 first where its strategy
+    starts from one, then the strategy, then its weights (first: a results file always has its
+    weights) and its results, atomically."""
     note_requested([cfg])
     if not force:
         cached = load_result(cfg)
         if cached is not None:
             return cached
-    if cfg.strategy == "2st":
-        return run_two_stage([cfg], progress, force)[0]
-    if cfg.strategy in ("headprune", "theseus"):  # both start from their CE model, passed in
+    strategy = strategies.get(cfg.strategy)
+    if strategy.shares_stage1:
+        return run_group([cfg], progress, force)[0]
+    stage1 = None
+    if strategy.needs_stage1:  # its stage 1's trained model and task data
         base = cfg.stage1()
-        base_model = load_model(base, progress)
-        td = train.load_task_data(base, load_tokenizer(base.backbone))
-        result = (head_pruning if cfg.strategy == "headprune" else theseus).run(cfg, base_model, td, progress)
-        store.write_json(result_path(cfg), result)
-        return result
-    t0 = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.backbone)
-    td = train.load_task_data(cfg, tokenizer)
-    model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
-    log = train.train_full(cfg, model, td, progress)
-    if cfg.strategy in KEEPS_WEIGHTS:  # the checkpoint first: a results file always has its weights
-        store.save_tensors(model_path(cfg), model.state_dict())
-    result = make_result(cfg, log, td, model, log.epochs[-1]["eval"], time.perf_counter() - t0)
+        stage1 = (load_model(base, progress), train.load_task_data(base, load_tokenizer(base.backbone)))
+    result, weights = strategy.train(cfg, progress, stage1)
+    if weights is not None:
+        store.save_tensors(model_path(cfg), weights)
     store.write_json(result_path(cfg), result)
     return result
 
 
-def load_stage1(model, stage1: RunConfig) -> None:
-    """Put a finished stage-1 run's backbone and last exit into a multi-exit model."""
-    state = store.load_tensors(model_path(stage1))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    last = str(model.exit_layers[-1])
-    wrong = [k for k in missing if not k.startswith("exits.") or k.split(".")[1] == last]
-    if unexpected or wrong:
-        raise RuntimeError(f"stage-1 checkpoint {model_path(stage1)} does not fit: "
-                           f"missing {wrong[:3]}, unexpected {unexpected[:3]}")
-
-
 def load_model(cfg: RunConfig, progress: bool = False):
-    """The trained model of a finished run (running it first if needed): single runs from their
-    checkpoint, 2st runs from stage 1's checkpoint plus their own intermediate exits."""
+    """The trained model of a finished run (running it first if needed), as its strategy keeps it:
+    full fine-tunes from their checkpoint, 2st runs from stage 1's plus their own exits."""
     run(cfg, progress)
-    model = train.build_model(cfg, gdata.get_task(cfg.task).num_labels)
-    if cfg.strategy == "2st":
-        load_stage1(model, cfg.stage1())
-        model.load_state_dict(store.load_tensors(model_path(cfg)), strict=False)
-    elif cfg.strategy in KEEPS_WEIGHTS:
-        if not model_path(cfg).exists():  # finished before JT/ALT weights were kept
-            run(cfg, progress, force=True)
-        model.load_state_dict(store.load_tensors(model_path(cfg)))
-    else:
-        raise ValueError(f"weights are kept for {', '.join(KEEPS_WEIGHTS)} and '2st' runs, not {cfg.strategy!r}")
+    strategy = strategies.get(cfg.strategy)
+    if strategy.keeps_weights and not model_path(cfg).exists():  # finished before JT/ALT weights were kept
+        run(cfg, progress, force=True)
+    model = strategies.build_model(cfg, gdata.get_task(cfg.task).num_labels)
+    strategy.load(cfg, model)
     return model.eval()
 
 
-def run_two_stage(cfgs: list[RunConfig], progress: bool = True, force: bool = False) -> list[dict]:
-    """2st runs sharing one stage 1: it is trained (or loaded) once, the frozen backbone's features
-    are computed once, and each variant trains its intermediate exits on them."""
-    for _ in two_stage_each(cfgs, progress, force):
+def run_group(cfgs: list[RunConfig], progress: bool = True, force: bool = False) -> list[dict]:
+    """Runs whose strategy shares its stage 1 (2st), all of one stage 1: it is trained (or loaded)
+    once, and the strategy trains every run on it (2st: on one set of frozen features)."""
+    for _ in group_each(cfgs, progress, force):
         pass
     return [load_result(c) for c in cfgs]
 
 
-def two_stage_each(cfgs: list[RunConfig], progress: bool = True, force: bool = False):
-    """run_two_stage, yielding each config as soon as its results are written (a sweep sends each
-    back as it finishes, so an interrupted group keeps its finished variants)."""
+def group_each(cfgs: list[RunConfig], progress: bool = True, force: bool = False):
+    """run_group, yielding each config as soon as its results are written (a sweep sends each
+    back as it finishes, so an interrupted group keeps its finished runs)."""
     stage1 = cfgs[0].stage1()
-    if any(c.strategy != "2st" or c.stage1() != stage1 for c in cfgs):
-        raise ValueError("run_two_stage takes 2st configs that share one stage 1")
+    strategy = strategies.get(cfgs[0].strategy)
+    if not strategy.shares_stage1 or any(c.strategy != cfgs[0].strategy or c.stage1() != stage1 for c in cfgs):
+        raise ValueError("a group takes runs of one strategy whose runs share a stage 1, all of one stage 1")
     todo = [c for c in cfgs if force or load_result(c) is None]
     if todo:
         if not model_path(stage1).exists() or load_result(stage1) is None:
             run(stage1, progress, force=True)
-        r1 = load_result(stage1)
-        tokenizer = load_tokenizer(stage1.backbone)
-        td = train.load_task_data(stage1, tokenizer)
-        t_feat = time.perf_counter()
-        model = train.build_model(todo[0], gdata.get_task(stage1.task).num_labels)  # variants share its shape
-        load_stage1(model, stage1)
-        layers = train.freeze_for_stage2(model)
-        features = train.build_features(todo[0], model, td, layers, progress)
-        feature_seconds = time.perf_counter() - t_feat
-        # Every variant starts from these exits (the seed's initialisation, stage 1's last exit)
-        # and the seed's random stream, so its result does not depend on which variants ran before.
-        start = {k: v.clone() for k, v in model.exits.state_dict().items()}
-        for cfg in todo:
-            t0 = time.perf_counter()
-            model.exits.load_state_dict(start)
-            torch.manual_seed(cfg.seed)
-            log, features = train.train_stage2(cfg, model, td, features, progress)
-            last = str(model.exit_layers[-1])
-            for epoch in log.epochs:  # the last exit is stage 1's, unchanged by stage 2
-                for split, scores in (epoch["eval"] or {}).items():
-                    scores[last] = r1["final"][split][last]
-            final = log.epochs[-1]["eval"]
-            result = make_result(cfg, log, td, model, final, time.perf_counter() - t0,
-                             stage1_hash=stage1.hash, feature_seconds=feature_seconds,
-                             stage1_train_seconds=r1["train_seconds"])
-            # The intermediate exits only (the rest is stage 1's checkpoint): ~1% of the model.
-            store.save_tensors(model_path(cfg), {k: v for k, v in model.state_dict().items()
-                                                 if k.startswith("exits.") and k.split(".")[1] != last})
+        for cfg, result, weights in strategy.train_group(todo, progress, load_result(stage1)):
+            store.save_tensors(model_path(cfg), weights)
             store.write_json(result_path(cfg), result)
             yield cfg
 
 
 def run_many(cfgs: list[RunConfig], progress: bool = True) -> list[dict]:
-    """Run (or load) many configs; 2st runs are grouped by their stage 1 so it is shared."""
+    """Run (or load) many configs; runs that share a stage 1 (2st) are grouped so it is shared."""
     from tqdm import tqdm
     note_requested(cfgs)
     results: dict[str, dict] = {}
     groups: dict[str, list[RunConfig]] = {}
+    shared = {c.hash for c in cfgs if strategies.get(c.strategy).shares_stage1}
     for cfg in cfgs:
-        if cfg.strategy == "2st":
+        if cfg.hash in shared:
             groups.setdefault(cfg.stage1().hash, []).append(cfg)
-    todo = [c for c in cfgs if c.strategy != "2st"] + [g[0] for g in groups.values()]
+    todo = [c for c in cfgs if c.hash not in shared] + [g[0] for g in groups.values()]
     for cfg in tqdm(todo, desc="runs", disable=not progress):
-        if cfg.strategy == "2st":
+        if cfg.hash in shared:
             group = groups[cfg.stage1().hash]
-            for c, r in zip(group, run_two_stage(group, progress)):
+            for c, r in zip(group, run_group(group, progress)):
                 results[c.hash] = r
         else:
             results[cfg.hash] = run(cfg, progress)

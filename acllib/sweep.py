@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import plan, runs, store
-from .config import AFTER_STAGE1, RunConfig
+from . import plan, runs, store, strategies
+from .config import RunConfig
 
 
 def _run_files(cfg: RunConfig) -> dict[str, bytes]:
@@ -38,7 +38,7 @@ def _put_files(cfg: RunConfig, files: dict[str, bytes]) -> None:
 
 def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, threads: int):
     """One task, in a worker (a Ray generator task): a run, or 2st runs sharing one stage 1 (trained
-    together, as runs.run_two_stage shares the frozen backbone's features), in a private cache.
+    together, as runs.run_group shares the frozen backbone's features), in a private cache.
     Yields (hash, files) for each run as it finishes, so the driver writes it at once and an
     interrupted or failed group keeps its finished runs; nothing is left on the worker."""
     import torch
@@ -50,8 +50,8 @@ def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, thread
         try:
             if stage1_files is not None:
                 _put_files(cfgs[0].stage1(), stage1_files)
-            if cfgs[0].strategy == "2st":
-                for c in runs.two_stage_each(cfgs, progress=False):
+            if strategies.get(cfgs[0].strategy).shares_stage1:
+                for c in runs.group_each(cfgs, progress=False):
                     yield c.hash, _run_files(c)
             else:
                 runs.run(cfgs[0], progress=False)
@@ -278,10 +278,11 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         # (2st, headprune, theseus) is submitted once its stage 1 is in the cache.
         groups: dict[str, list[RunConfig]] = {}
         for c in todo:
-            if c.strategy == "2st":
+            if strategies.get(c.strategy).shares_stage1:
                 groups.setdefault(c.stage1().hash, []).append(c)
-        ready: list[list[RunConfig]] = [[c] for c in todo if c.strategy not in AFTER_STAGE1]
-        waiting = list(groups.values()) + [[c] for c in todo if c.strategy in AFTER_STAGE1 and c.strategy != "2st"]
+        after = {c.hash for c in todo if strategies.get(c.strategy).needs_stage1}
+        ready: list[list[RunConfig]] = [[c] for c in todo if c.hash not in after]
+        waiting = list(groups.values()) + [[c] for c in todo if c.hash in after and not strategies.get(c.strategy).shares_stage1]
 
         def release_waiting() -> None:
             for unit in [u for u in waiting if runs.load_result(u[0].stage1()) is not None]:
@@ -300,7 +301,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                 advance([c for c in unit if c not in mine])
                 if not mine:
                     continue
-                files1 = _run_files(mine[0].stage1()) if mine[0].strategy in AFTER_STAGE1 else None
+                files1 = _run_files(mine[0].stage1()) if mine[0].hash in after else None
                 pending[task.remote([c.to_dict() for c in mine], files1, threads)] = {c.hash: c for c in mine}
             ready = []
             if not pending:
@@ -339,7 +340,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                     continue
                 if left:  # the task ended (or failed) without sending these: they failed
                     counts["failed"] += len(left)
-                    failed1.update(h for h, c in left.items() if c.strategy not in AFTER_STAGE1)
+                    failed1.update(h for h in left if h not in after)
                     print(f"run {next(iter(left))}{f' and {len(left) - 1} more of its group' if len(left) > 1 else ''} "
                           f"failed: {why}", file=sys.stderr)
                     for c in list(left.values()):

@@ -1,11 +1,6 @@
-"""Training: one loop for every objective and strategy, ACL-Grad, and stage 2 on cached features.
-
-Strategies (`RunConfig.strategy`):
-  single  full fine-tuning of backbone + last-layer exit with `method` (= stage 1 of 2st)
-  direct  the first `depth` layers + one exit on top, fine-tuned like `single` (Table 1's BERT-6L)
-  jt      all exits, loss = sum of every exit's CE (eq. 6)
-  alt     BERxiT: odd epochs the last exit's CE (eq. 7), even epochs the joint sum (eq. 8)
-  2st     stage 1 = the `single` run; stage 2 freezes backbone and last exit and trains exits 1..M-1
+"""Training: one loop for every objective (fit), full fine-tuning's objective, evaluation, and
+stage 2 on cached features. Which of these a run uses, and its model's shape, is its strategy's
+choice (acllib/strategies/); ACL-Grad's step is acllib/acl_grad.py.
 """
 from __future__ import annotations
 
@@ -25,8 +20,7 @@ from . import metrics
 from .config import RunConfig
 from .acl_grad import Loss, backward
 from .losses import acl_cross_layer_loss, acl_embed_loss, kd_loss, supcon_loss
-from .models import (MultiExitModel, encoder_layers, exits_forward, load_backbone, load_tokenizer, stack_exit_params,
-                     stackable)
+from .models import MultiExitModel, exits_forward, stack_exit_params, stackable
 
 MAX_GRAD_NORM = 1.0  # Hugging Face Trainer's default, which the paper keeps (sec. 5.3)
 EVAL_BATCH = 32  # length-grouped: on CPU larger batches only add padding (RTE dev: 25% at 128, 8% at 32)
@@ -232,16 +226,12 @@ class BatchGetter:
         return {"parts": parts, "labels": torch.cat([p["labels"] for p in parts])}
 
 
-def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
-    backbone = load_backbone(cfg.backbone, cfg.dropout, seed=cfg.seed)
-    n = cfg.depth if cfg.strategy == "direct" else None
-    if cfg.strategy == "theseus":  # the successor's shape: half the depth (theseus.Theseus)
-        n = len(encoder_layers(backbone)) // 2
-    m = n or len(encoder_layers(backbone))
-    layers = [m] if cfg.strategy in ("single", "direct", "headprune", "theseus") else list(range(1, m + 1))
+def make_model(cfg: RunConfig, backbone, num_labels: int, exit_layers: list[int], depth: int | None = None) -> MultiExitModel:
+    """A multi-exit model on `backbone` (cut to `depth` layers) with exits at `exit_layers`, seeded
+    by the run; its strategy chooses the shape (strategies.build_model)."""
     torch.manual_seed(cfg.seed)  # exits' initialisation depends on the seed only
-    return MultiExitModel(backbone, num_labels, layers, cfg.exit, cfg.d_e, cfg.heads, cfg.dropout,
-                          depth=n).to(device())
+    return MultiExitModel(backbone, num_labels, exit_layers, cfg.exit, cfg.d_e, cfg.heads, cfg.dropout,
+                          depth=depth).to(device())
 
 
 def aux_loss(kind: str, rep, label_embeddings, labels, tau: float, teacher=None):
@@ -256,13 +246,18 @@ def aux_loss(kind: str, rep, label_embeddings, labels, tau: float, teacher=None)
     raise ValueError(f"unknown auxiliary loss {kind!r}")
 
 
-def full_objective(cfg: RunConfig, model: MultiExitModel):
+def _never(epoch: int) -> bool:
+    return False
+
+
+def full_objective(cfg: RunConfig, model: MultiExitModel, joint=_never):
+    """The loss of full fine-tuning: every exit's CE summed on epochs where joint(epoch) (JT's Eq. 6,
+    ALT's Eq. 8; the strategy decides), else the last exit's CE with the run's auxiliary loss."""
     last = model.exit_layers[-1]
 
     def objective(batch, epoch: int) -> Loss:
         y = batch["labels"]
-        joint = cfg.strategy == "jt" or (cfg.strategy == "alt" and epoch % 2 == 0)
-        if joint:  # eq. 6 / eq. 8
+        if joint(epoch):  # eq. 6 / eq. 8
             return Loss(sum(F.cross_entropy(o.logits.float(), y) for o in model(batch)))
         out = model(batch, [last])[0]  # eq. 7 for alt's odd epochs; the only exit otherwise
         main = F.cross_entropy(out.logits.float(), y)
@@ -274,12 +269,12 @@ def full_objective(cfg: RunConfig, model: MultiExitModel):
     return objective
 
 
-def train_full(cfg: RunConfig, model: MultiExitModel, td: TaskData, progress: bool = True) -> FitLog:
-    """single / direct / jt / alt: the backbone and its exits trained together."""
+def train_full(cfg: RunConfig, model: MultiExitModel, td: TaskData, progress: bool = True, joint=_never) -> FitLog:
+    """Full fine-tuning (strategies/full.py): the backbone and its exits trained together."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     getter = BatchGetter(td.train, td.pad_id, cfg.encoder_parts)
     return fit(cfg, named_params=named, n_train=len(td.train), get_batch=getter,
-               objective=full_objective(cfg, model), set_train_mode=model.train,
+               objective=full_objective(cfg, model, joint), set_train_mode=model.train,
                evaluate=lambda: evaluate_model(model, td.evals, cfg.task, cfg.precision, pad_id=td.pad_id),
                epochs=cfg.epochs, lr=cfg.lr, acl_grad=cfg.acl_grad,
                log_angles=cfg.log_angles and cfg.aux != "none",

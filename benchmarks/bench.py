@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from acllib import data as gdata
-from acllib import acl_grad, make_config, train
+from acllib import acl_grad, make_config, strategies, train
 from acllib.config import bf16_slowdown, native_bf16, resolve_precision
 from acllib.models import load_tokenizer
 
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
         batches = gdata.train_batches(len_s, sst.batch_size, rng, order, sst.batch_window)
         pieces = [p for bt in batches for p in gdata.length_sorted_parts(len_s, bt, parts)]
         print(f"padding_waste_sst2_{name}: {gdata.padding_share(len_s, pieces):.3f}")
-    model_s = train.build_model(sst, 2)
+    model_s = strategies.build_model(sst, 2)
     epoch_times = {k: [] for k in schemes}
     for rep in range(args.repeats + 1):  # the first round warms up
         for name, (order, parts) in schemes.items():
@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     cfgs = {"ce": base, "acl": make_config("cpu", "rte", method="acl", precision=P)}
     if pp["bf16_rows"]:  # the other precision, for the bf16-against-fp32 row
         cfgs["ce_fp32"] = make_config("cpu", "rte", precision="fp32")
-    steps = {k: step_timer(c, train.build_model(c, 2), batch) for k, c in cfgs.items()}
+    steps = {k: step_timer(c, strategies.build_model(c, 2), batch) for k, c in cfgs.items()}
     med = interleaved_medians(steps, args.repeats)
     for k, v in med.items():
         print(f"{k}_step_s: {v:.3f}" + ("" if k == "ce_fp32" else f" ({P})"))
@@ -205,7 +205,7 @@ def main(argv=None) -> None:
     cfg2 = make_config("cpu", "rte", **stage2, stage2_aux="acl-cl", stage2_grad=True)
     cfg2_plain = make_config("cpu", "rte", **stage2, stage2_aux="none")
     td2 = train.load_task_data(cfg2, tok)
-    model = train.build_model(cfg2, 2)
+    model = strategies.build_model(cfg2, 2)
     layers = train.freeze_for_stage2(model)
     t0 = time.perf_counter()
     cached = train.build_features(cfg2, model, td2, layers, progress=False, cached=True)

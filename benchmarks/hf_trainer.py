@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acllib import train
+from acllib import strategies, train
 from acllib.models import FastDropout
 
 
@@ -50,7 +50,7 @@ class ForTrainer(nn.Module):
 
 def ours_epoch_seconds(cfg, td) -> list[float]:
     torch.manual_seed(cfg.seed)
-    model = train.build_model(cfg, 2)
+    model = strategies.build_model(cfg, 2)
     log = train.train_full(cfg, model, td, progress=False)
     return [e["train_seconds"] for e in log.epochs]
 
@@ -78,7 +78,7 @@ def trainer_epoch_seconds(cfg, td, tokenizer, workdir: str) -> list[float]:
             times.append(time.perf_counter() - self.t0)
 
     torch.manual_seed(cfg.seed)
-    model = stock_modules(train.build_model(cfg, 2))
+    model = stock_modules(strategies.build_model(cfg, 2))
     args = TrainingArguments(
         output_dir=workdir, per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,

@@ -7,14 +7,14 @@ import pytest
 import torch
 from scipy import stats
 
-from acllib import analysis, head_pruning, models, runs, theseus, train
+from acllib import head_pruning, models, runs, strategies, theseus, train
 from acllib.config import make_config
 from acllib.models import encoder_layers
 
 
 def _model(strategy="single", seed=0, **kw):
     cfg = make_config("smoke", "rte", strategy=strategy, precision="fp32", dropout=0.0, seed=seed, **kw)
-    return cfg, train.build_model(cfg, 2).eval()
+    return cfg, strategies.build_model(cfg, 2).eval()
 
 
 def _batch(b=4, length=9, seed=0):

@@ -128,11 +128,11 @@ def test_flops_count_layers_and_exits():
 
 
 def test_evaluate_rules_on_a_smoke_run(cache):
-    from acllib import make_config, train
+    from acllib import make_config, strategies, train
     from acllib.models import load_tokenizer
     cfg = make_config("smoke", "rte", strategy="jt", exit="linear", precision="fp32")
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
-    model = train.build_model(cfg, 2).eval()
+    model = strategies.build_model(cfg, 2).eval()
     dev = next(iter(td.evals.values()))
     rows = evaluate_rules(model, dev, "rte", "fp32", td.pad_id, grid={"max_prob": (1.0 + 1e-9, 0.0)},
                           latency_examples=8, batch_size=4, repeats=1)

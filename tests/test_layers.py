@@ -10,19 +10,28 @@ ACLLIB = pathlib.Path(__file__).resolve().parents[1] / "acllib"
 
 
 def import_graph(root: pathlib.Path = ACLLIB) -> tuple[dict, dict]:
-    """(module-level edges, function-local edges): module -> the acllib modules it imports."""
-    mods = {p.stem for p in root.glob("*.py")}
+    """(module-level edges, function-local edges): module -> the acllib modules it imports. A
+    subpackage (strategies/) is one node: its files' imports are its imports."""
+    files = {p.stem: [p] for p in root.glob("*.py")}
+    packages = {d.name for d in root.iterdir() if (d / "__init__.py").exists()}
+    for package in packages:
+        files[package] = sorted((root / package).glob("*.py"))
     top, local = collections.defaultdict(set), collections.defaultdict(set)
-    for name in mods:
+    for name, paths in files.items():
+        inside = name in packages  # a subpackage's files import acllib's modules with "..", siblings with "."
+
         def visit(node, in_function):
             for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.ImportFrom) and child.level == 1:
-                    for target in ([child.module] if child.module else [a.name for a in child.names]):
-                        target = target.split(".")[0]
-                        if target in mods and target != name:
-                            (local if in_function else top)[name].add(target)
+                if isinstance(child, ast.ImportFrom) and child.level >= 1:
+                    if child.level == (2 if inside else 1):
+                        targets = [child.module] if child.module else [a.name for a in child.names]
+                        for target in targets:
+                            target = target.split(".")[0]
+                            if target in files and target != name:
+                                (local if in_function else top)[name].add(target)
                 visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
-        visit(ast.parse((root / f"{name}.py").read_text()), False)
+        for path in paths:
+            visit(ast.parse(path.read_text()), False)
     return dict(top), dict(local)
 
 
@@ -49,6 +58,15 @@ def test_a_hand_made_cycle_is_found(tmp_path):
     assert top == {"a": {"b"}, "c": {"a"}} and local == {"b": {"c"}}
     both = {k: top.get(k, set()) | local.get(k, set()) for k in "abc"}
     assert cycles(both) == [["a", "b", "c"]] and cycles(top) == []
+
+
+def test_a_subpackage_is_one_node(tmp_path):
+    (tmp_path / "a.py").write_text("from . import pkg\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("from .one import x\n")
+    (tmp_path / "pkg" / "one.py").write_text("from .. import a\nfrom . import two\n")
+    top, _ = import_graph(tmp_path)
+    assert top == {"a": {"pkg"}, "pkg": {"a"}} and cycles(top) == [["a", "pkg"]]
 
 
 def test_acllib_has_no_import_cycle():

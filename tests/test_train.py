@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from acllib import data as gdata
-from acllib import acl_grad, make_config, runs, train
+from acllib import acl_grad, make_config, runs, strategies, train
 from acllib.losses import acl_embed_loss, angle_between
 from acllib.models import load_tokenizer
 
 
 def _setup(cfg):
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
-    model = train.build_model(cfg, 2)
+    model = strategies.build_model(cfg, 2)
     return td, model
 
 
@@ -46,7 +46,7 @@ def rte_batch(cache):
 def test_acl_grad_over_threshold_equals_ce_step(rte_batch):
     ce = make_config("smoke", "rte", method="ce", precision="fp32")
     acl = make_config("smoke", "rte", method="acl", angle_threshold=0.0, precision="fp32")
-    m_ce, m_acl = train.build_model(ce, 2), train.build_model(acl, 2)
+    m_ce, m_acl = strategies.build_model(ce, 2), strategies.build_model(acl, 2)
     _one_step(ce, m_ce, rte_batch)
     measured = _one_step(acl, m_acl, rte_batch)
     (angle, lam), = measured
@@ -57,7 +57,7 @@ def test_acl_grad_over_threshold_equals_ce_step(rte_batch):
 
 def test_acl_grad_under_threshold_uses_weighted_sum(rte_batch):
     acl = make_config("smoke", "rte", method="acl", angle_threshold=180.0, precision="fp32", lam=0.3)
-    model = train.build_model(acl, 2)
+    model = strategies.build_model(acl, 2)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     torch.manual_seed(123)
@@ -76,7 +76,7 @@ def test_acl_grad_under_threshold_uses_weighted_sum(rte_batch):
 
 def test_acl_objective_is_ce_plus_acl_embed(rte_batch):
     cfg = make_config("smoke", "rte", method="acl-embed", precision="fp32")
-    model = train.build_model(cfg, 2).eval()
+    model = strategies.build_model(cfg, 2).eval()
     loss = train.full_objective(cfg, model)(rte_batch, 1)
     out = model(rte_batch)[-1]
     last = model.exit(model.exit_layers[-1])
@@ -88,8 +88,8 @@ def test_acl_objective_is_ce_plus_acl_embed(rte_batch):
 
 def test_jt_loss_is_sum_of_exit_ces(rte_batch):
     cfg = make_config("smoke", "rte", strategy="jt", precision="fp32")
-    model = train.build_model(cfg, 2).eval()
-    loss = train.full_objective(cfg, model)(rte_batch, 1)
+    model = strategies.build_model(cfg, 2).eval()
+    loss = train.full_objective(cfg, model, strategies.get("jt").joint)(rte_batch, 1)
     y = rte_batch["labels"]
     ref = sum(F.cross_entropy(model(rte_batch, [m])[0].logits, y) for m in (1, 2, 3, 4))
     torch.testing.assert_close(loss.main, ref)
@@ -98,9 +98,9 @@ def test_jt_loss_is_sum_of_exit_ces(rte_batch):
 
 def test_alt_alternates_between_eq7_and_eq8(rte_batch):
     cfg = make_config("smoke", "rte", strategy="alt", precision="fp32")
-    model = train.build_model(cfg, 2).eval()
+    model = strategies.build_model(cfg, 2).eval()
     y = rte_batch["labels"]
-    objective = train.full_objective(cfg, model)
+    objective = train.full_objective(cfg, model, strategies.get("alt").joint)
     last_only = F.cross_entropy(model(rte_batch, [4])[0].logits, y)
     joint = sum(F.cross_entropy(o.logits, y) for o in model(rte_batch))
     for epoch, ref in [(1, last_only), (2, joint), (3, last_only), (4, joint)]:
@@ -210,7 +210,7 @@ def test_two_stage_shares_stage1_and_reports_every_exit(cache):
 
 def test_gradient_accumulation_equals_one_big_batch(rte_batch):
     cfg = make_config("smoke", "rte", method="ce", precision="fp32", dropout=0.0)
-    big, small = train.build_model(cfg, 2).eval(), train.build_model(cfg, 2).eval()
+    big, small = strategies.build_model(cfg, 2).eval(), strategies.build_model(cfg, 2).eval()
     objective_big, objective_small = train.full_objective(cfg, big), train.full_objective(cfg, small)
     p_big = [p for p in big.parameters() if p.requires_grad]
     p_small = [p for p in small.parameters() if p.requires_grad]
@@ -352,13 +352,13 @@ def test_stacked_acl_grad_step_equals_the_per_parameter_one(cache, aux, monkeypa
 
 
 def test_stage2_variant_does_not_depend_on_its_group(cache):
-    """run_two_stage reuses one model for all variants of a stage 1: a variant run after another
+    """run_group reuses one model for all variants of a stage 1: a variant run after another
     must give what it gives alone (exits restored, random stream reseeded)."""
     base = dict(strategy="2st", method="ce", seed=9)
     first = make_config("smoke", "rte", **base, stage2_aux="scl", stage2_kd=True)
     second = make_config("smoke", "rte", **base, stage2_aux="acl-cl", stage2_kd=True, stage2_grad=True)
-    grouped = runs.run_two_stage([first, second], progress=False, force=True)[1]
-    alone = runs.run_two_stage([second], progress=False, force=True)[0]
+    grouped = runs.run_group([first, second], progress=False, force=True)[1]
+    alone = runs.run_group([second], progress=False, force=True)[0]
     assert _comparable(grouped) == _comparable(alone)
 
 
@@ -412,7 +412,7 @@ def test_batch_in_length_sorted_parts_gives_the_padded_batchs_outputs(cache, exi
     batch: every exit's representation and logits, example by example."""
     cfg = make_config("smoke", "rte", strategy="jt", exit=exit_kind, precision="fp32")
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
-    model = train.build_model(cfg, 2).eval()
+    model = strategies.build_model(cfg, 2).eval()
     idx = np.random.default_rng(0).permutation(len(td.train))[:16]
     whole = train.BatchGetter(td.train, td.pad_id)(idx)
     parted = train.BatchGetter(td.train, td.pad_id, parts=4)(idx)
@@ -434,7 +434,7 @@ def test_additive_weighting_is_ce_plus_lam_aux(rte_batch, grad):
     for threshold, lam_used in ((180.0, 1.0), (0.0, 0.0)):
         cfg = make_config("smoke", "rte", method="acl" if grad else "acl-embed", lam=1.0, aux_weighting="additive",
                           precision="fp32", **({"angle_threshold": threshold} if grad else {}))
-        model = train.build_model(cfg, 2)
+        model = strategies.build_model(cfg, 2)
         params = [p for p in model.parameters() if p.requires_grad]
         model.train()
         torch.manual_seed(123)
@@ -450,7 +450,7 @@ def test_additive_weighting_is_ce_plus_lam_aux(rte_batch, grad):
         if not grad:
             break
     convex = make_config("smoke", "rte", method="acl-embed", lam=1.0, precision="fp32")
-    assert train.full_objective(convex, train.build_model(convex, 2))(rte_batch, 1).weights(1.0) == (0.0, 1.0)
+    assert train.full_objective(convex, strategies.build_model(convex, 2))(rte_batch, 1).weights(1.0) == (0.0, 1.0)
 
 
 @pytest.mark.parametrize("ref", ["ce", "ce+kd"])
@@ -532,7 +532,7 @@ def test_a_tiny_model_learns_a_separable_task_end_to_end(method):
     td = train.TaskData(train=_separable(tok, 256, 0), evals={"validation": _separable(tok, 96, 1)},
                         missing_eval_splits=[], pad_id=tok.pad_token_id)
     torch.manual_seed(0)
-    model = train.build_model(cfg, 2)
+    model = strategies.build_model(cfg, 2)
     log = train.train_full(cfg, model, td, progress=False)
     accuracy = log.epochs[-1]["eval"]["validation"][str(model.exit_layers[-1])]["accuracy"]
     labels = td.evals["validation"].labels
