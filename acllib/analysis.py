@@ -30,8 +30,8 @@ def fixed_model_angles(cfg: RunConfig, progress: bool = True, max_batches: int |
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches!r}")
     if aux not in FIXED_MODEL_AUX:
         raise ValueError(f"aux {aux!r} is not one of {', '.join(FIXED_MODEL_AUX)}")
-    if cfg.strategy != "single":
-        raise ValueError(f"fixed-model angles need a 'single' run, got strategy {cfg.strategy!r}")
+    if cfg.strategy != cfg.stage1().strategy:  # a plain fine-tune, the kind of run every stage 1 is
+        raise ValueError(f"fixed-model angles need a {cfg.stage1().strategy!r} run, got strategy {cfg.strategy!r}")
     return measurements.cached_json(
         "angles", cfg.hash, {"max_batches": max_batches, "aux": aux},
         (fixed_model_angles, _fixed_model_angles, gradient_angle, supcon_loss, acl_embed_loss),

@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import claim_tables, paper, plan, stats
+from . import claim_tables, paper, plan, stats, strategies
 from .config import TABLE2_ROWS, LAYER_CURVE_METHODS, get_profile, make_config
 
 ALPHA = stats.ALPHA
@@ -140,11 +140,7 @@ def _paper_counts() -> str:
 
 def _exit_budget(method: str) -> str:
     cfg = make_config("cpu", "sst2", **LAYER_CURVE_METHODS[method])
-    if cfg.strategy == "2st":
-        return f"{method}: exits alone {cfg.stage2_epochs} epochs at lr {cfg.stage2_lr:g}, per-exit clipping"
-    if cfg.strategy == "jt":
-        return f"{method}: exits with the backbone, {cfg.epochs} joint epochs at lr {cfg.lr:g}, one global clip"
-    return f"{method}: exits with the backbone, {cfg.epochs // 2} joint of {cfg.epochs} epochs at lr {cfg.lr:g}, one global clip"
+    return f"{method}: {strategies.get(cfg.strategy).exit_budget(cfg)}"
 
 
 def book_claims() -> list[Claim]:

@@ -26,6 +26,10 @@ class Strategy:
         """The run's training and evaluation FLOPs (cost.run_flops), counted from `price` (cost.Pricing)."""
         raise NotImplementedError
 
+    def exit_budget(self, cfg: RunConfig) -> str:
+        """How its intermediate exits train (the layer curves compare methods whose budgets differ)."""
+        return "no intermediate exits"
+
     def load(self, cfg: RunConfig, model: MultiExitModel) -> None:
         """Put a finished run's kept weights into a model built for it."""
         raise ValueError(f"strategy {self.name!r} keeps no weights: its trained model cannot be loaded")

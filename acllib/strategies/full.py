@@ -72,6 +72,9 @@ class JointTraining(MultiExit):
     def joint(self, epoch: int) -> bool:
         return True  # Eq. 6
 
+    def exit_budget(self, cfg: RunConfig) -> str:
+        return f"exits with the backbone, {cfg.epochs} joint epochs at lr {cfg.lr:g}, one global clip"
+
 
 @register
 class Alternating(MultiExit):
@@ -79,3 +82,6 @@ class Alternating(MultiExit):
 
     def joint(self, epoch: int) -> bool:
         return epoch % 2 == 0  # Eq. 8 on even epochs, Eq. 7 on odd ones
+
+    def exit_budget(self, cfg: RunConfig) -> str:
+        return f"exits with the backbone, {cfg.epochs // 2} joint of {cfg.epochs} epochs at lr {cfg.lr:g}, one global clip"

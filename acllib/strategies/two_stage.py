@@ -67,6 +67,9 @@ class TwoStage(Strategy):
                        if k.startswith("exits.") and k.split(".")[1] != last}
             yield cfg, result, weights
 
+    def exit_budget(self, cfg: RunConfig) -> str:
+        return f"exits alone {cfg.stage2_epochs} epochs at lr {cfg.stage2_lr:g}, per-exit clipping"
+
     def flops(self, cfg: RunConfig, price) -> dict:
         tt, pad = price.tt, price.pad
         features = (tt.n_train + tt.n_eval) * price.forward(price.depth, 0) * pad  # shared by the group
