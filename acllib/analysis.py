@@ -86,8 +86,7 @@ def _compute_layer_states(cfg: RunConfig, poolings):
     @torch.no_grad()
     def states(data):
         out = {p: np.zeros((model.num_layers, len(data), model.backbone.config.hidden_size), np.float32) for p in poolings}
-        for idx in gdata.length_grouped_batches(data.lengths, train.EVAL_BATCH, None):
-            batch = {k: v.to(train.device()) for k, v in gdata.collate(data, idx, td.pad_id).items()}
+        for idx, batch in train.eval_batches(data, td.pad_id):
             with train.autocast(cfg.precision):
                 hs = model.hidden_states(batch)
             m = batch["attention_mask"][..., None].float()
@@ -224,8 +223,7 @@ def _exit_representations(cfg: RunConfig, layer: int, td, split: str) -> dict:
     data = td.evals[split]
     reps = torch.zeros(len(data), model.exit(layer).label_embeddings.shape[1])
     preds = torch.zeros(len(data), dtype=torch.long)
-    for idx in gdata.length_grouped_batches(data.lengths, train.EVAL_BATCH, None):
-        batch = {k: v.to(train.device()) for k, v in gdata.collate(data, idx, td.pad_id).items()}
+    for idx, batch in train.eval_batches(data, td.pad_id):
         with train.autocast(cfg.precision):
             out = model(batch, [layer])[0]
         reps[idx] = out.rep.float().cpu()

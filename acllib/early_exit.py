@@ -18,7 +18,7 @@ import torch
 
 from . import data as gdata
 from .models import MultiExitModel, encoder_layers
-from .train import autocast, device
+from .train import autocast, device, eval_batches
 
 RULES = ("entropy", "max_prob", "patience")
 
@@ -127,8 +127,7 @@ def all_exit_logits(model: MultiExitModel, data: gdata.Encoded, precision: str, 
     model.eval()
     chunks = {m: [] for m in model.exit_layers}
     order = []
-    for idx in gdata.length_grouped_batches(data.lengths.numpy(), batch_size, None):
-        batch = {k: v.to(device()) for k, v in gdata.collate(data, idx, pad_id).items()}
+    for idx, batch in eval_batches(data, pad_id, batch_size):
         with autocast(precision):
             for o in model(batch):
                 chunks[o.layer].append(o.logits.float().cpu())

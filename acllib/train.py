@@ -188,17 +188,24 @@ def majority_score(task: str, labels) -> dict[str, float]:
     return score(task, labels, np.full_like(labels, np.bincount(labels).argmax()))
 
 
+def eval_batches(data: gdata.Encoded, pad_id: int, batch_size: int = EVAL_BATCH):
+    """The one evaluation loop's batches: (indices, the collated batch on the device), longest
+    first in groups of similar length (a fixed order: composition does not matter in evaluation).
+    Every pass over a split without training goes through it (evaluation, features, measurements)."""
+    dev = device()
+    for idx in gdata.length_grouped_batches(data.lengths, batch_size, None):
+        yield idx, {k: v.to(dev) for k, v in gdata.collate(data, idx, pad_id).items()}
+
+
 @torch.no_grad()
 def evaluate_model(model: MultiExitModel, evals: dict[str, gdata.Encoded], task: str, precision: str,
                    layers=None, pad_id: int = 0) -> dict:
     """Every exit on every eval split, from one backbone pass per batch: {split: {layer: metrics}}."""
     model.eval()
-    dev = device()
     out = {}
     for split, data in evals.items():
         preds = {m: np.zeros(len(data), dtype=int) for m in (layers or model.exit_layers)}
-        for idx in gdata.length_grouped_batches(data.lengths, EVAL_BATCH, None):
-            batch = {k: v.to(dev) for k, v in gdata.collate(data, idx, pad_id).items()}
+        for idx, batch in eval_batches(data, pad_id):
             with autocast(precision):
                 for o in model(batch, layers):
                     preds[o.layer][idx] = o.logits.argmax(-1).cpu().numpy()
@@ -300,10 +307,9 @@ class FrozenFeatures:
         self.teacher_rep = torch.empty(len(data), d)
         self.teacher_logits = torch.empty(len(data), n_labels)
         model.eval()
-        batches = gdata.length_grouped_batches(self.lengths, EVAL_BATCH, None)
+        n_batches = math.ceil(len(data) / EVAL_BATCH)
         with torch.no_grad():
-            for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-                batch = {k: v.to(device()) for k, v in gdata.collate(data, idx, pad_id).items()}
+            for idx, batch in tqdm(eval_batches(data, pad_id), total=n_batches, desc=desc, disable=not progress, leave=False):
                 with autocast(precision):
                     hs = model.hidden_states(batch)
                     teacher = model.run_exits(hs, batch["attention_mask"], [last])[0]
