@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import data as gdata
-from .models import MultiExitModel, encoder_layers
+from .models import MultiExitModel, counted_flops, encoder_layers
 from .train import autocast, device, eval_batches
 
 RULES = ("entropy", "max_prob", "patience")
@@ -138,8 +138,7 @@ def all_exit_logits(model: MultiExitModel, data: gdata.Encoded, precision: str, 
 
 def flop_table(model: MultiExitModel, lengths) -> dict[int, tuple[float, float]]:
     """{length: (FLOPs of one layer, FLOPs of one exit)} for one example of that length, counted by
-    torch.utils.flop_counter (layers are alike, and so are exits)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    models.counted_flops (layers are alike, and so are exits)."""
     from transformers.masking_utils import create_bidirectional_mask
     layer = encoder_layers(model.backbone)[0]
     exit_ = model.exit(model.exit_layers[0])
@@ -148,12 +147,7 @@ def flop_table(model: MultiExitModel, lengths) -> dict[int, tuple[float, float]]
         x = torch.zeros(1, length, model.backbone.config.hidden_size, device=device())
         mask = torch.ones(1, length, dtype=torch.long, device=device())
         full_mask = create_bidirectional_mask(config=model.backbone.config, inputs_embeds=x, attention_mask=mask)
-        from torch.nn.attention import SDPBackend, sdpa_kernel  # math backend: see analysis.forward_flops
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as layer_count:
-            layer(x, attention_mask=full_mask)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as exit_count:
-            exit_(x, mask)
-        table[length] = (float(layer_count.get_total_flops()), float(exit_count.get_total_flops()))
+        table[length] = (counted_flops(lambda: layer(x, attention_mask=full_mask)), counted_flops(lambda: exit_(x, mask)))
     return table
 
 

@@ -562,17 +562,24 @@ class MultiExitModel(nn.Module):
                 "one_exit_over_backbone_pct": 100.0 * per_exit / backbone}
 
 
-def count_forward_flops(model, seq_len: int = 128, layer: int | None = None) -> float:
-    """forward_flops of a model as it is (e.g. one whose heads were pruned), through exit `layer`."""
+def counted_flops(fn) -> float:
+    """The FLOPs of calling fn() as torch.utils.flop_counter counts them (matrix products and
+    attention), without gradients: the one measured FLOP counter (the plan's analytic one is
+    cost.forward_flops; tests/test_cost.py holds them together)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
+    # the math backend: torch's counter has no entry for the fused CPU attention kernel (it would count 0)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def count_forward_flops(model, seq_len: int = 128, layer: int | None = None) -> float:
+    """The FLOPs of a model as it is (e.g. one whose heads were pruned) on one example of seq_len
+    tokens, through exit `layer` (default: the last)."""
     layer = layer or model.exit_layers[-1]
     dev = next(model.parameters()).device
     batch = {"input_ids": torch.ones(1, seq_len, dtype=torch.long, device=dev),
              "attention_mask": torch.ones(1, seq_len, dtype=torch.long, device=dev),
              "token_type_ids": torch.zeros(1, seq_len, dtype=torch.long, device=dev)}
-    # the math backend: torch's counter has no entry for the fused CPU attention kernel (it would count 0)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        hs = model.hidden_states(batch)
-        model.run_exits(hs, batch["attention_mask"], [layer])
-    return float(counter.get_total_flops())
+    return counted_flops(lambda: model.run_exits(model.hidden_states(batch), batch["attention_mask"], [layer]))
