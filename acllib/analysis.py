@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as gdata
-from . import measurements, runs, strategies, train
+from . import measurements, runs, stats, strategies, train
 from .config import RunConfig
 from .losses import acl_embed_loss, gradient_angle, supcon_loss
 from .models import count_forward_flops, encoder_layers, load_tokenizer
@@ -284,7 +284,6 @@ def paired_gains(per_seed, pairs, by=("backbone", "task", "size")):
     """For each group and (a, b) in `pairs`: a - b paired by seed (stats.difference_test): pairs,
     mean difference, its 95% t interval and p."""
     import pandas as pd
-    from . import stats
     rows = []
     for key, d in per_seed.groupby(list(by)):
         wide = d.pivot_table(index="seed", columns="method", values="score")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import analysis, early_exit, plan, runs, train
+from . import analysis, early_exit, paper, plan, runs, train
 from .config import RunConfig, get_profile
 from .data import get_task
-from .models import load_tokenizer
+from .models import backbone_depth, load_tokenizer
 
 # every table but the majority floor carries, per row, the hash of the run it comes from
 COLUMNS = {
@@ -118,7 +118,6 @@ def _pilot(col: _Collector, profile: str) -> dict[str, list[dict]]:
 
 
 def _table1(col: _Collector, profile: str) -> dict[str, list[dict]]:
-    from .models import backbone_depth
     chapter = plan.table1(profile)
     exits = {b: {label: layer for label, (_, layer, _) in plan.table1_rows(backbone_depth(b), plan.paper_family(b)).items()}
              for b in chapter.backbones}
@@ -166,7 +165,6 @@ def _table3(col: _Collector, profile: str) -> dict[str, list[dict]]:
 
 def tsne_exit(profile: str, depth: int) -> int:
     """The exit the t-SNE chapter reads: the paper's 3rd, or the deepest intermediate one of a shallower model."""
-    from . import paper
     return min(int(paper.numbers()["tsne"]["exit"]), depth - 1)
 
 
@@ -186,7 +184,6 @@ def label_alignment(reps: np.ndarray, labels: np.ndarray, label_embeddings: np.n
 
 def _tsne(col: _Collector, profile: str) -> dict[str, list[dict]]:
     from sklearn.metrics import silhouette_score
-    from .models import backbone_depth
     chapter = plan.tsne(profile)
     layer = tsne_exit(profile, backbone_depth(chapter.backbone))
     rows = []

@@ -15,9 +15,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import acl_grad, strategies, train
 from . import data as gdata
-from . import strategies
 from .config import RunConfig, make_config
+from .data import get_task
+from .models import backbone_arch, load_tokenizer
+from .train import update_batch_size
 
 # GLUE training-set sizes (the GLUE paper's Table 1; the hub's nyu-mll/glue), for tasks whose train
 # split is not on this machine.
@@ -30,7 +33,6 @@ GPUS = {"V100-16GB": dict(fp32=14e12, mixed=112e12, source="NVIDIA V100 PCIe dat
 
 
 def arch(backbone: str) -> dict:
-    from .models import backbone_arch
     return backbone_arch(backbone)
 
 
@@ -73,7 +75,6 @@ class TaskTokens:
 
 def task_tokens(cfg: RunConfig) -> TaskTokens:
     """Token counts of a run's training data (see _task_tokens)."""
-    from .train import update_batch_size
     n = min(GLUE_TRAIN_SIZE[cfg.task], cfg.train_size or GLUE_TRAIN_SIZE[cfg.task])  # the examples the batch rule sees
     return _task_tokens(cfg.backbone, cfg.task, cfg.max_length, cfg.train_size, cfg.dev_size,
                         update_batch_size(cfg, n), cfg.batches, cfg.batch_window, cfg.micro_batch_size)
@@ -86,7 +87,6 @@ def _task_tokens(backbone: str, task_name: str, max_length: int, train_size, dev
     vocabulary of bert-base-uncased, where the run's own does not load: approximate for RoBERTa's
     BPE). Tasks without a local train split take its validation lengths and GLUE's train size;
     without any local split, every example at max_length (an upper bound)."""
-    from .models import load_tokenizer
     try:
         if backbone in ("minilm", "tiny", "tiny-roberta") or backbone.startswith((".", "/", "~")):
             tok, tok_note = load_tokenizer(backbone), ""
@@ -121,7 +121,6 @@ def _task_tokens(backbone: str, task_name: str, max_length: int, train_size, dev
 def _forward_per_example(cfg: RunConfig, tt: TaskTokens, layers=None, exits=1, exit_kind=None) -> float:
     """Forward FLOPs per example at the data's length distribution: forward_flops is c + a L + b L^2
     in the length, so its mean is exact from the mean and the mean square of the length."""
-    from .data import get_task
     k = get_task(cfg.task).num_labels
     kind = exit_kind or cfg.exit
     f0, f1, f2 = (forward_flops(cfg.backbone, n, layers, kind, exits, k, cfg.d_e) for n in (0, 1, 2))
@@ -173,7 +172,6 @@ def ce_step_seconds(repeats: int = 5) -> float:
     (bench.py's ce_bf16_step_s, fewer repeats): this machine's speed varies by up to 2x between days,
     so each build records it, and builds are compared by their minutes over it."""
     import torch
-    from . import acl_grad, strategies, train
     cfg, td, idx = _probe_batch()
     batch = train.BatchGetter(td.train, td.pad_id)(idx)
     torch.manual_seed(0)
@@ -197,8 +195,6 @@ def ce_step_seconds(repeats: int = 5) -> float:
 
 def _probe_batch():
     """The batch ce_step_seconds times: the 32 RTE training examples around the median length."""
-    from . import train
-    from .models import load_tokenizer
     cfg = make_config("cpu", "rte")
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     order = np.argsort(td.train.lengths.numpy())

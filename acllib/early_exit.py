@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from . import data as gdata
-from .models import MultiExitModel, counted_flops, encoder_layers
-from .train import autocast, device, eval_batches
+from . import measurements, runs, train
+from .models import MultiExitModel, counted_flops, encoder_layers, load_tokenizer
+from .stats import median_interval
+from .train import autocast, device, eval_batches, score
 
 RULES = ("entropy", "max_prob", "patience")
 
@@ -187,7 +189,6 @@ def timing_summary(times: dict[str, list[float]], reference: str, level: float =
     """Per setting: median ms per example and the speed-up over `reference` (median of the per-repeat
     ratios reference / setting, paired by repeat), each with its distribution-free interval
     (stats.median_interval) and that interval's coverage."""
-    from .stats import median_interval
     out = {}
     ref = np.asarray(times[reference])
     for k, t in times.items():
@@ -212,7 +213,6 @@ def evaluate_rules(model: MultiExitModel, data: gdata.Encoded, task: str, precis
     example (flop_table), and when `timing`: measured seconds per example of real early-exit
     inference at batch 1 and at `batch_size` on the first `latency_examples` dev examples, and the
     share of those examples whose real prediction equals the simulated one."""
-    from .train import score
     grid = DEFAULT_GRID if grid is None else grid
     logits = all_exit_logits(model, data, precision, pad_id)
     labels, lengths = data.labels.numpy(), data.lengths.numpy()
@@ -269,7 +269,6 @@ def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_exa
     and the code that measures (acllib.measurements): a warm book rebuild reuses the measured
     latencies instead of timing again. Timed with `threads` torch threads (default: the current
     number), set for the timing and recorded."""
-    from . import measurements, runs
     grid = DEFAULT_GRID if grid is None else grid
     threads = threads or torch.get_num_threads()
     args = {"grid": {k: [float(t) for t in v] for k, v in grid.items()}, "timing": timing,
@@ -280,8 +279,6 @@ def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_exa
 
 
 def _evaluate_run(cfg, grid, timing, latency_examples, batch_size, repeats, threads) -> list[dict]:
-    from . import runs, train
-    from .models import load_tokenizer
     model = runs.load_model(cfg)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     dev = td.evals[next(iter(td.evals))]
@@ -299,7 +296,6 @@ def quality_rows(cfg) -> list[dict]:
     latencies: read from any cached evaluate_run of that grid by the current code (timed or not: its
     scores and FLOPs are the same), else evaluated untimed (and cached). What the claims'
     quality-speed trade-offs use."""
-    from . import measurements
     grid = {k: [float(t) for t in v] for k, v in DEFAULT_GRID.items()}
     keep = ("rule", "threshold", "score", "flops_fraction")
     for record in measurements.stored_json("early_exit", cfg.hash, MEASURING_CODE):

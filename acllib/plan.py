@@ -16,10 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import paper, strategies
+from . import cost, paper, strategies
 from .config import (LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TABLE3_METHODS, RunConfig,
-                     get_profile, make_config)
+                     get_profile, make_config, resolve_precision)
+from .data import has_split
 from .models import backbone_depth
+from .runs import _cpu_model, load_result
+from .train import updates_per_epoch
 
 
 @dataclass
@@ -212,7 +215,6 @@ FEW_SHOT_METHODS = {"CE": dict(method="ce"), "CE+SCL": dict(method="ce+scl"),
 def few_shot_epochs(cfg: RunConfig, size: int, min_updates: int) -> int:
     """Epochs for a training set of `size`: the profile's, or more where they would give fewer than
     `min_updates` optimizer updates (20 examples make one batch an epoch)."""
-    from .train import updates_per_epoch
     return max(cfg.epochs, -(-min_updates // updates_per_epoch(cfg, size)))
 
 
@@ -223,7 +225,6 @@ def few_shot(profile: str, tasks=None, seeds=None, backbones=None, overrides=Non
     each, on `small_seeds`; and at the full size (the profile's training set) the profile's own runs
     on its seeds, Table 1's and the pilot's, reused. A task with no train split here (QNLI, MNLI)
     draws from a seeded half of its validation split and is evaluated on the other half, at every size."""
-    from .data import has_split
     prof = get_profile(profile)
     bs, tasks, seeds = _common(profile, "few_shot", tasks, seeds, backbones, False, overrides)
     sizes = sorted(int(n) for n in (sizes or prof.chapter("few_shot", "sizes")))
@@ -301,8 +302,6 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
     machine's measured training throughput, cost.machine_flops_per_s), scaled by how much longer
     than their training FLOPs predict this machine's cached full fine-tunes took, where there are any."""
     import pandas as pd
-    from . import cost
-    from .runs import load_result
     plan = book_plan(profile, chapters)
     rows, calib, groups = [], [], set()
     for name, cfgs in plan.items():
@@ -348,9 +347,6 @@ def build_estimate(profile: str, chapters=None, step_s: float | None = None) -> 
     runs (cost_table), those not yet in the cache, their training FLOPs, and hours at this
     machine's throughput (from a timed CE step, `step_s` if given, scaled by the cached runs'
     overhead where there are any), with the machine's precision and CPU."""
-    from . import cost
-    from .config import resolve_precision
-    from .runs import _cpu_model
     flops_per_s, how = cost.machine_flops_per_s(step_s)
     table, notes = cost_table(profile, chapters, flops_per_s)
     total = table[table.chapter == "total"].iloc[-1]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import seaborn as sns
 
+from .config import make_config
+
 # Figure 2 of the paper draws CE in blue and CE+SCL in orange; every other method gets a colour of
 # its own, far from every other (tests/test_plotting.py), so no two methods look alike anywhere in
 # the book. Twins share their method's colour: JT-MHA and ALT-MHA are dashed, the linear-exit
@@ -36,7 +38,6 @@ def caption(profile: str, backbone: str, seeds, extra: str = "", tasks=None, sta
     2ST's stage-2 epochs too unless `stage2` is False, for chapters that run no 2ST)."""
     text = f"Measured here: profile '{profile}', backbone '{backbone}', seeds {list(seeds)}"
     if tasks:
-        from .config import make_config
         def data(t):
             cfg = make_config(profile, t, strategy="2st")  # a 2st config keeps the stage-2 fields (others reset them)
             size = f"{cfg.train_size:,}" if cfg.train_size else "all"

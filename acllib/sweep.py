@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import plan, runs, store, strategies
 from .config import RunConfig
+from .cost import run_flops
 
 
 def _run_files(cfg: RunConfig) -> dict[str, bytes]:
@@ -218,8 +219,11 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         saved = os.environ.get(_NO_CLUSTER), ray_constants.ENABLE_RAY_CLUSTER
         os.environ[_NO_CLUSTER], ray_constants.ENABLE_RAY_CLUSTER = "0", False
         try:
-            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=False)
+            # address="local": a new instance even where `ray start` left a cluster (or a stale
+            # /tmp/ray/ray_current_cluster) that ray.init() would otherwise join
+            _reload_ray_config()  # the token and auth mode as the environment has them now
+            ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
         except BaseException:
             _restore_cluster_mode(saved)
             raise
@@ -257,7 +261,6 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
 
     # The bar counts planned training FLOPs, so its ETA is the FLOPs left over the rate so far (runs
     # differ in cost by 100x: a count of runs gives no ETA until many are done); runs in the postfix.
-    from .cost import run_flops
     tflops = {c.hash: run_flops(c)["flops"] / 1e12 for c in todo}
     # smoothing=0: the rate over the whole sweep, not the last few runs' (a 2st group's stage 2s come
     # back seconds apart and swung the ETA by 4x)

@@ -259,6 +259,9 @@ def test_a_sweep_joins_a_head_that_ray_start_started(fresh_cache, tmp_path, monk
         except ProcessLookupError:
             pass
         shutil.rmtree(ray_dir, ignore_errors=True)
+        monkeypatch.undo()  # the token path gone: Ray's cached token must not outlive this test
+        from acllib.sweep import _reload_ray_config
+        _reload_ray_config()
 
 
 def test_joining_without_a_token_says_what_to_set(monkeypatch, tmp_path):
@@ -273,3 +276,12 @@ def test_joining_without_a_token_says_what_to_set(monkeypatch, tmp_path):
     assert sweep_mod._join_environment("10.0.0.5:6379") == {"RAY_AUTH_MODE": "token"}
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's choice stands
     assert sweep_mod._join_environment("auto") == {}
+
+
+def test_a_local_sweep_starts_its_own_instance_whatever_cluster_ray_would_find(fresh_cache, monkeypatch):
+    """--address local never joins a cluster: not the one RAY_ADDRESS names (as a `ray start` or a
+    stale /tmp/ray/ray_current_cluster would make ray.init() do), here an address nothing listens on."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    group = [c for c in plan.book_plan("smoke", CHAPTER)["06_tsne"] if c.strategy == "single"][:1]
+    counts = _sweep(configs=group)
+    assert counts["trained"] == 1 and runs.load_result(group[0])
