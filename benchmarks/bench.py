@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -291,7 +290,7 @@ def main(argv=None) -> None:
             print(f"ce_vs_hf_trainer_{precision}: {trainer[precision]['trainer'] / trainer[precision]['ours']:.2f}")
         if "bf16" in trainer and "fp32" in trainer:
             print(f"ce_bf16_vs_hf_trainer_fp32: {trainer['fp32']['trainer'] / trainer['bf16']['ours']:.2f}")
-    print(f"bench_minutes: {(time.perf_counter() - started) / 60:.1f}", file=sys.stdout)
+    print(f"bench_minutes: {(time.perf_counter() - started) / 60:.1f}")
 
 
 if __name__ == "__main__":
