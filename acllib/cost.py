@@ -160,6 +160,22 @@ def run_flops(cfg: RunConfig) -> dict:
     return strategies.get(cfg.strategy).flops(cfg, Pricing(cfg, tt, depth, a["num_hidden_layers"] * a["num_attention_heads"], pad))
 
 
+def set_flops(cfgs) -> dict[str, dict]:
+    """run_flops of each run of a set, by hash, with a 2st group's frozen-backbone features counted
+    once (under its first run here): what training the set costs, as the plan's table and the sweep's
+    bar count it (a run's own run_flops counts its features whole)."""
+    out, groups = {}, set()
+    for c in cfgs:
+        x = dict(run_flops(c))
+        if strategies.get(c.strategy).shares_stage1:
+            if c.stage1().hash in groups:
+                x["flops"] -= x["features"]
+                x["features"] = 0.0
+            groups.add(c.stage1().hash)
+        out[c.hash] = x
+    return out
+
+
 def training_examples(cfg: RunConfig) -> int:
     """Training examples x epochs a row of results took, its stage 1 included (2st, headprune,
     theseus start from a finished full fine-tune): what a table shows beside each row's score."""

@@ -303,14 +303,10 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
     than their training FLOPs predict this machine's cached full fine-tunes took, where there are any."""
     import pandas as pd
     plan = book_plan(profile, chapters)
-    rows, calib, groups = [], [], set()
+    rows, calib = [], []
+    flops = cost.set_flops([c for cfgs in plan.values() for c in cfgs])  # a 2st group's features once
     for name, cfgs in plan.items():
-        f = [dict(cost.run_flops(c)) for c in cfgs]
-        for c, x in zip(cfgs, f):  # a 2st group's frozen-backbone features are computed once
-            if strategies.get(c.strategy).shares_stage1:
-                if c.stage1().hash in groups:
-                    x["flops"] -= x["features"]
-                groups.add(c.stage1().hash)
+        f = [flops[c.hash] for c in cfgs]
         done = [load_result(c) for c in cfgs]
         for c, x, r in zip(cfgs, f, done):  # calibrate on full fine-tunes: their train_seconds are their training steps
             if r is not None and not strategies.get(c.strategy).needs_stage1 and r.get("train_seconds") and flops_per_s:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import plan, runs, store, strategies
 from .config import RunConfig
-from .cost import run_flops
+from .cost import set_flops
 
 
 def _run_files(cfg: RunConfig) -> dict[str, bytes]:
@@ -261,7 +261,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
 
     # The bar counts planned training FLOPs, so its ETA is the FLOPs left over the rate so far (runs
     # differ in cost by 100x: a count of runs gives no ETA until many are done); runs in the postfix.
-    tflops = {c.hash: run_flops(c)["flops"] / 1e12 for c in todo}
+    tflops = {h: x["flops"] / 1e12 for h, x in set_flops(todo).items()}  # a 2st group's features once
     # smoothing=0: the rate over the whole sweep, not the last few runs' (a 2st group's stage 2s come
     # back seconds apart and swung the ETA by 4x)
     bar = tqdm(total=sum(tflops.values()), desc="sweep", unit="TFLOP", disable=not progress, dynamic_ncols=True, smoothing=0,
@@ -271,7 +271,8 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
     def advance(cs) -> None:
         done["runs"] += len(cs)
         bar.set_postfix_str(f"runs {done['runs']}/{len(todo)}", refresh=False)
-        bar.update(sum(tflops.get(c.hash, 0.0) for c in cs))
+        # no further than the total: float sums in another order overshoot it by an ulp (tqdm warns)
+        bar.update(min(sum(tflops.get(c.hash, 0.0) for c in cs), bar.total - bar.n))
     pending: dict = {}  # task (a generator of refs) -> its runs not yet sent back, by hash
     try:
         gpus = ray.cluster_resources().get("GPU", 0)

@@ -92,6 +92,25 @@ def test_cost_table_splits_chapters_by_backbone(monkeypatch):
     assert rows["total", "all"].PFLOPs == pytest.approx(sum(flops.values()))
 
 
+def test_a_2st_groups_frozen_features_cost_once(monkeypatch):
+    """Three 2st runs from one stage 1 share one pass of the frozen backbone: the plan's table (and
+    the sweep's bar, which counts the same set_flops) add the features once, each run's own
+    run_flops counts them whole."""
+    from acllib import cost
+    group = [make_config("smoke", "rte", seed=1, strategy="2st", stage2_epochs=e) for e in (1, 2, 3)]
+    other = make_config("smoke", "rte", seed=2, strategy="2st")  # another stage 1: features of its own
+    assert len({c.stage1().hash for c in group}) == 1 and other.stage1().hash != group[0].stage1().hash
+    own = [cost.run_flops(c) for c in group + [other]]
+    assert own[0]["features"] > 0 and own[0]["features"] == own[1]["features"] == own[2]["features"]
+    by_hand = sum(x["flops"] for x in own) - 2 * own[0]["features"]
+    got = cost.set_flops(group + [other])
+    assert sum(x["flops"] for x in got.values()) == pytest.approx(by_hand)
+    assert got[other.hash]["features"] == own[3]["features"]
+    monkeypatch.setattr(plan, "book_plan", lambda profile, chapters=None: {"04_table2_ablation": group + [other]})
+    table, _ = plan.cost_table("smoke", flops_per_s=1e12)
+    assert table[table.chapter == "total"].PFLOPs.iloc[-1] == pytest.approx(by_hand / 1e15)
+
+
 def test_the_cpu_profile_runs_some_methods_and_tasks_on_fewer_seeds():
     """The linear-exit methods (JT, ALT, 2ST-linear) on 4 seeds, the linear variants on 2, the pilot's
     RTE on 3; every other method on all; and early exiting asks for exactly the layer curves' models."""
