@@ -106,6 +106,10 @@ class RunConfig:
     @property
     def hash(self) -> str:
         extra = {"compression": COMPRESSION_SETTINGS[self.strategy]} if self.strategy in COMPRESSION_SETTINGS else {}
+        if self.strategy == "2st" and self.precision == "fp32":
+            # stage 2 of fp32 runs reads fp32 layer states (train.feature_dtype), bf16-rounded ones before:
+            # their results changed, bf16 runs' did not (so a key of these runs' hashes, not a results version)
+            extra["stage2_features"] = "fp32"
         fields_ = {k: v for k, v in self.to_dict().items() if _HASH_OMITS_DEFAULT.get(k, object()) != v}
         blob = json.dumps({**fields_, "results_version": RESULTS_VERSION, **extra}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -289,8 +289,17 @@ def train_full(cfg: RunConfig, model: MultiExitModel, td: TaskData, progress: bo
 
 
 # ---------------------------------------------------------------------------------- stage 2
+def feature_dtype(precision: str) -> torch.dtype:
+    """The dtype stage 2's frozen layer states are kept in: bf16 in bf16 runs, where every exit's
+    first use of them under autocast (the down-projection, the pooler, the classifier) rounds them to
+    bf16 anyway, at half the memory; fp32 otherwise, so that an fp32 run's exits see the states its
+    backbone computed (before results 2st-fp32 they were kept in bf16 there too: a rounding the
+    fp32 run never asked for). Tests: tests/test_train.py::test_stage2_features_are_the_backbones_states."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 class FrozenFeatures:
-    """What a frozen backbone + last exit give for one split, computed once and kept in bf16.
+    """What a frozen backbone + last exit give for one split, computed once (in feature_dtype).
 
     hidden: [n_layers, total_tokens, hidden] for the intermediate layers, flat like gdata.Encoded;
     the teacher's (last exit's) representation and logits per example in fp32.
@@ -301,7 +310,7 @@ class FrozenFeatures:
         self.data, self.layers, self.lengths = data, list(layers), data.lengths.numpy()
         self.precision, self.parts = precision, parts
         hidden_size = model.backbone.config.hidden_size
-        self.hidden = torch.empty(len(self.layers), int(data.offsets[-1]), hidden_size, dtype=torch.bfloat16)
+        self.hidden = torch.empty(len(self.layers), int(data.offsets[-1]), hidden_size, dtype=feature_dtype(precision))
         last = model.exit_layers[-1]
         n_labels, d = model.exit(last).label_embeddings.shape
         self.teacher_rep = torch.empty(len(data), d)
@@ -313,7 +322,7 @@ class FrozenFeatures:
                 with autocast(precision):
                     hs = model.hidden_states(batch)
                     teacher = model.run_exits(hs, batch["attention_mask"], [last])[0]
-                stacked = torch.stack([hs[m] for m in self.layers]).to(torch.bfloat16).cpu()  # [E, B, L, H]
+                stacked = torch.stack([hs[m] for m in self.layers]).to(self.hidden.dtype).cpu()  # [E, B, L, H]
                 for row, i in enumerate(idx):
                     s, e = int(data.offsets[i]), int(data.offsets[i + 1])
                     self.hidden[:, s:e] = stacked[:, row, :e - s]
@@ -335,8 +344,6 @@ class FrozenFeatures:
         for e in range(E):
             torch.index_select(self.hidden[e], 0, pos.reshape(-1), out=hidden[e])
         hidden = hidden.view(E, *pos.shape, H)  # [E, B, L, hidden]
-        if self.precision != "bf16":
-            hidden = hidden.float()  # stored in bf16 to halve memory; fp32 runs compute in fp32
         return hidden.to(device()), mask.long().to(device())
 
 
@@ -377,9 +384,7 @@ class LiveFeatures:
             hs = self.model.hidden_states(batch)
             teacher = self.model.run_exits(hs, batch["attention_mask"], [last])[0]
         mask = batch["attention_mask"]
-        hidden = torch.stack([hs[m] for m in self.layers]).to(torch.bfloat16)  # the same rounding as the cache
-        if self.precision != "bf16":
-            hidden = hidden.float()
+        hidden = torch.stack([hs[m] for m in self.layers]).to(feature_dtype(self.precision))  # as the cache keeps them
         return hidden, mask, teacher.rep.float(), teacher.logits.float()
 
 
@@ -476,16 +481,16 @@ def train_stage2(cfg: RunConfig, model: MultiExitModel, td: TaskData, features=N
     return log, features
 
 
-def feature_cache_gb(model: MultiExitModel, td: TaskData, layers) -> float:
+def feature_cache_gb(model: MultiExitModel, td: TaskData, layers, precision: str) -> float:
     tokens = int(td.train.offsets[-1]) + sum(int(d.offsets[-1]) for d in td.evals.values())
-    return tokens * len(layers) * model.backbone.config.hidden_size * 2 / 1e9  # bf16
+    return tokens * len(layers) * model.backbone.config.hidden_size * feature_dtype(precision).itemsize / 1e9
 
 
 def build_features(cfg: RunConfig, model: MultiExitModel, td: TaskData, layers, progress: bool = True,
                    cached: bool | None = None) -> dict:
     """Cached features when they fit in $ACL_FEATURE_CACHE_GB (default 8), else live ones."""
     if cached is None:
-        cached = feature_cache_gb(model, td, layers) <= float(os.environ.get("ACL_FEATURE_CACHE_GB", "8"))
+        cached = feature_cache_gb(model, td, layers, cfg.precision) <= float(os.environ.get("ACL_FEATURE_CACHE_GB", "8"))
     splits = {"train": td.train, **td.evals}
     # training batches are random, so they come in length-sorted pieces; eval batches are sorted already
     parts = {s: cfg.encoder_parts if s == "train" else 1 for s in splits}
