@@ -244,18 +244,6 @@ def _alternative(alternative: str) -> str:
     return "two-sided" if alternative == "two-sided" else "larger"
 
 
-def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = 0.8,
-                          alternative: str = "two-sided") -> float:
-    """Smallest true mean paired difference, in the data's units, that the paired t-test with n
-    pairs detects with that power (statsmodels' TTestPower, noncentral t) given the sd."""
-    if n < 2 or np.isnan(sd):
-        return np.nan
-    if sd == 0:
-        return 0.0
-    from statsmodels.stats.power import TTestPower
-    es = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power,
-                                  alternative=_alternative(alternative))
-    return float(abs(np.asarray(es).item()) * sd)
 
 
 def pairs_needed(effect: float, sd: float, alpha: float = ALPHA, power: float = 0.8,
@@ -317,22 +305,6 @@ def tost_power(sd: float, n: int, margin: float, alpha: float = ALPHA,
     return float(min(1.0, integrate.quad(given_s, 0.0, w_max, limit=200)[0]))
 
 
-def min_equivalence_margin(sd: float, n: int, alpha: float = ALPHA, power: float = 0.8) -> float:
-    """Smallest margin that TOST with n pairs establishes with that power when the true
-    difference is 0: the root of tost_power (scipy's brentq); margins below it are not testable
-    at this scale."""
-    if n < 2 or np.isnan(sd):
-        return np.nan
-    if sd == 0:
-        return 0.0
-    if power >= 1:
-        return np.inf
-    from scipy import optimize
-    hi = sd
-    while tost_power(sd, n, hi, alpha) < power:
-        hi *= 2
-    return float(optimize.brentq(lambda m: tost_power(sd, n, m, alpha) - power, 0.0, hi,
-                                 xtol=1e-10 * sd))
 
 
 def _claim_sides(test: dict) -> tuple[float, float]:

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as sps
+from statsmodels.stats.power import TTestPower
 
 from acllib import stats
 
@@ -100,20 +101,13 @@ def _t_power(effect, sd, n, alpha=0.05):
     return sps.nct.sf(c, df, nc) + sps.nct.cdf(-c, df, nc)
 
 
-def test_min_detectable_effect_and_pairs_needed_against_noncentral_t():
-    mde = stats.min_detectable_effect(2.0, 8)
-    assert _t_power(mde, 2.0, 8) == pytest.approx(0.8, abs=1e-6)
+def test_pairs_needed_against_noncentral_t():
     for effect, sd in [(0.5, 1.0), (1.0, 1.0), (3.0, 2.0)]:
         n = int(stats.pairs_needed(effect, sd))
         assert _t_power(effect, sd, n) >= 0.8 and (n == 2 or _t_power(effect, sd, n - 1) < 0.8)
     assert stats.pairs_needed(0.5, 1.0) == 34
     assert stats.pairs_needed(30.0, 1.0) == 2 and stats.pairs_needed(-0.5, 1.0) == 34
     assert stats.pairs_needed(0.0, 1.0) == math.inf and stats.pairs_needed(1.0, 0.0) == 2
-    assert math.isnan(stats.min_detectable_effect(1.0, 1))
-    assert stats.min_detectable_effect(0.0, 5) == 0
-    one = stats.min_detectable_effect(1.0, 8, alternative="larger")
-    df, c = 7, sps.t.ppf(0.95, 7)
-    assert sps.nct.sf(c, df, one * math.sqrt(8)) == pytest.approx(0.8, abs=1e-6)
 
 
 def _tost_rate(rng, sd, n, margin, true_diff=0.0, draws=4000):
@@ -134,9 +128,6 @@ def test_tost_power_against_simulation():
     m, se = d[:200].mean(1), d[:200].std(1, ddof=1) / math.sqrt(5)
     c = sps.t.ppf(0.95, 4)
     assert calls == list((m - c * se > -3.0) & (m + c * se < 3.0))
-    margin = stats.min_equivalence_margin(1.0, 8)
-    assert stats.tost_power(1.0, 8, margin) == pytest.approx(0.8, abs=1e-8)
-    assert _tost_rate(rng, 1.0, 8, margin)[0] == pytest.approx(0.8, abs=0.03)
     powers = [stats.tost_power(1.0, 8, m) for m in (0.3, 0.6, 1.2, 2.4)]
     assert powers == sorted(powers) and powers[0] < 0.01 and powers[-1] > 0.99
 
@@ -236,7 +227,7 @@ def test_family_wise_error_under_the_null():
 
 
 def test_supported_rate_at_the_min_detectable_effect():
-    mde = stats.min_detectable_effect(1.0, 8)
+    mde = TTestPower().solve_power(effect_size=None, nobs=8, alpha=0.05, power=0.8)  # sd 1: in points
     d = np.random.default_rng(0).normal(mde, 1.0, size=(4000, 1, 8))
     tables, _ = _claims(d, ["difference"], 1.0)
     rate = np.mean([stats.family_verdicts(t)[0]["verdict"] == stats.SUPPORTED for t in tables])
