@@ -76,12 +76,14 @@ def test_subsample_is_seeded_and_within_bounds(tok, cache):
     assert data.subsample(enc, None, 0) is enc and data.subsample(enc, 10**6, 0) is enc
 
 
-def test_glue_source_setting(monkeypatch):
+def test_glue_source_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("ACL_GLUE_SOURCE", "/some/where")
     assert data.glue_source() == "/some/where"
     monkeypatch.delenv("ACL_GLUE_SOURCE")
-    expected = str(data._LOCAL_GLUE) if data._LOCAL_GLUE.is_dir() else data.HUB_GLUE
-    assert data.glue_source() == expected
+    monkeypatch.setattr(data, "_LOCAL_GLUE", tmp_path)  # a local mirror beside the repo: used
+    assert data.glue_source() == str(tmp_path)
+    monkeypatch.setattr(data, "_LOCAL_GLUE", tmp_path / "absent")  # none: the hub's dataset
+    assert data.glue_source() == "nyu-mll/glue"
 
 
 def _batch_mates(batches_per_epoch, n):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from acllib import cost
 from acllib.early_exit import (ExitRule, all_exit_logits, early_exit_flops, early_exit_forward,
                                evaluate_rules, flop_table, full_model_flops, simulate)
 from acllib.models import MultiExitModel, encoder_layers, load_backbone
@@ -96,9 +97,6 @@ def test_rules_against_hand_computed_cases():
     preds, taken = simulate(logits, ExitRule("max_prob", 0.9))
     assert preds.tolist() == [0, 1, 1] and taken.tolist() == [0, 2, 0]
     # entropy: H(0.982, 0.018)/ln2 = 0.130; H(0.953, 0.047)/ln2 = 0.273
-    p = torch.tensor([4.0, 0.0]).softmax(0)
-    h = float(-(p * p.log()).sum() / math.log(2))
-    assert abs(h - 0.130) < 1e-3
     assert simulate(logits, ExitRule("entropy", 0.2))[1].tolist() == [0, 2, 2]
     # patience 1: exit at the first exit whose argmax equals the previous exit's
     preds, taken = simulate(logits, ExitRule("patience", 1))
@@ -114,17 +112,19 @@ def test_bad_rules_are_rejected_with_one_line(kind, threshold):
 
 
 def test_flops_count_layers_and_exits():
+    """The table torch's FLOP counter measures on the model equals the analytic counts (cost.layer_flops,
+    cost.exit_flops: matrix products by hand), and an example's cost is its layers and the exits it
+    passed, by hand: taken exits 1, 4, 2 at lengths 4, 7, 7."""
     model = _model(seed=5)
+    hidden, inter = model.backbone.config.hidden_size, model.backbone.config.intermediate_size
     lengths = np.array([4, 7, 7])
     table = flop_table(model, lengths)
-    layer4, exit4 = table[4]
-    assert layer4 > 0 and exit4 > 0 and table[7][0] > layer4
-    taken = np.array([0, 3, 1])  # exits 1, 4, 2
-    flops = early_exit_flops(model, table, lengths, taken)
-    assert flops[0] == layer4 + exit4
-    assert flops[1] == 4 * table[7][0] + 4 * table[7][1]
-    assert flops[2] == 2 * table[7][0] + 2 * table[7][1]
-    assert np.allclose(full_model_flops(model, table, lengths), [4 * layer4 + exit4] + [4 * table[7][0] + table[7][1]] * 2)
+    for n in (4, 7):  # 3 labels, d_e 16
+        assert table[n] == (cost.layer_flops(hidden, inter, n), cost.exit_flops("mha", hidden, n, 3, 16))
+    (l4, e4), (l7, e7) = table[4], table[7]
+    flops = early_exit_flops(model, table, lengths, np.array([0, 3, 1]))
+    assert flops.tolist() == [1 * l4 + 1 * e4, 4 * l7 + 4 * e7, 2 * l7 + 2 * e7]
+    assert full_model_flops(model, table, lengths).tolist() == [4 * l4 + e4, 4 * l7 + e7, 4 * l7 + e7]
 
 
 def test_evaluate_rules_on_a_smoke_run(cache):

@@ -14,25 +14,28 @@ from acllib.store import REPO
 
 
 def test_the_estimate_is_the_plans_flops_over_the_measured_rate(tmp_path, monkeypatch):
-    """By hand: the plan's runs not in the cache, each run's training FLOPs (a 2st group's frozen
-    features counted once), over the machine's rate from a given CE step."""
+    """By hand: three runs to train, two of them 2st runs of one stage 1 (their frozen features,
+    3 of their 10 and 12 TFLOPs, counted once) and a fine-tune of 20: 10 + 12 - 3 + 20 = 39 TFLOPs,
+    at 0.01 TFLOP/s 3900 s, 65 minutes."""
+    from acllib.config import make_config
     monkeypatch.setenv("ACL_CACHE", str(tmp_path))
-    e = plan.build_estimate("smoke", step_s=0.5)
-    flops, seen = 0.0, set()
-    for cfgs in plan.book_plan("smoke").values():
-        for c in cfgs:
-            f = cost.run_flops(c)
-            flops += f["flops"] - (f["features"] if c.strategy == "2st" and c.stage1().hash in seen else 0.0)
-            if c.strategy == "2st":
-                seen.add(c.stage1().hash)
-    assert e["to_run"] == e["runs"] == sum(len(v) for v in plan.book_plan("smoke").values())
-    assert e["flops_to_run"] == pytest.approx(flops, rel=1e-9)
-    rate, _ = cost.machine_flops_per_s(0.5)
-    assert e["flops_per_s"] == pytest.approx(rate) and e["overhead"] == 1.0  # nothing cached to calibrate on
-    assert e["hours"] == pytest.approx(flops / rate / 3600, rel=1e-9)
-    text = cost.describe_estimate(e)
-    assert text.splitlines()[0].startswith(f"estimate: {e['to_run']} of the {e['runs']} runs")
-    assert e["precision"] in text.splitlines()[1] or "fp32" in text
+    a, b = (make_config("smoke", "rte", seed=1, strategy="2st", stage2_epochs=e) for e in (1, 2))
+    single = make_config("smoke", "rte", seed=2)
+    flops = {a.hash: (10e12, 3e12), b.hash: (12e12, 3e12), single.hash: (20e12, 0.0)}
+    monkeypatch.setattr(plan, "book_plan", lambda profile, chapters=None: {"02_table1": [a, b, single]})
+    monkeypatch.setattr(cost, "run_flops", lambda c: {"flops": flops[c.hash][0], "features": flops[c.hash][1],
+                                                      "train": flops[c.hash][0], "eval": 0.0, "examples_x_epochs": 1,
+                                                      "tokens_source": "by hand"})
+    monkeypatch.setattr(cost, "machine_flops_per_s", lambda step_s=None: (1e10, "a rate given by hand"))
+    e = plan.build_estimate("smoke")
+    assert e["to_run"] == e["runs"] == 3
+    assert e["flops_to_run"] == pytest.approx(39e12)
+    assert e["overhead"] == 1.0 and e["hours"] == pytest.approx(3900 / 3600)  # nothing cached to calibrate on
+    text = cost.describe_estimate(e).splitlines()
+    assert text[0] == "estimate: 3 of the 3 runs of profile 'smoke' to train, 0.039 PFLOPs: about 65 minutes of training here"
+    native = "bf16, native on this CPU" if e["precision"] == "bf16" else "fp32 (this CPU has no native bf16)"
+    assert native in text[1] and "0.01 TFLOP/s from a rate given by hand" in text[1]
+    assert "too long?" in text[2]  # over an hour: what to do about it
 
 
 def _interrupt_when(cmd, env, ready, timeout=600):

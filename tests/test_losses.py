@@ -431,8 +431,7 @@ def test_acl_embed_all_distinct_labels_each_sample_has_label_embedding_positive(
 def test_acl_embed_gradient_flows_into_linear_weight(k):
     torch.manual_seed(0)
     n, d = 8, 6
-    classifier = torch.nn.Linear(d, k, bias=False)
-    assert classifier.weight.shape == (k, d)
+    classifier = torch.nn.Linear(d, k, bias=False)  # weight [k, d]: row l is label l's embedding
     w0 = classifier.weight.detach().clone()
     gen = torch.Generator().manual_seed(k)
     h0 = torch.randn(n, d, generator=gen)

@@ -155,13 +155,11 @@ def test_few_shot_sizes_get_enough_updates_and_the_full_size_reuses_table1():
 
 
 def test_new_config_fields_leave_earlier_runs_names_alone():
-    import hashlib
-    import json
-    from acllib.config import RESULTS_VERSION
-    cfg = make_config("cpu", "sst2", method="acl", seed=3)
-    fields = {k: v for k, v in cfg.to_dict().items() if k not in ("train_subset", "train_pool")}
-    blob = json.dumps({**fields, "results_version": RESULTS_VERSION}, sort_keys=True)
-    assert cfg.hash == hashlib.sha256(blob.encode()).hexdigest()[:16]  # as before the fields existed
+    # the name of a run in the cpu book's cache, written by commit bafa91f: a field added since at
+    # its default (as train_subset and train_pool are left out of the hash at theirs) must not
+    # rename it, or every cached run would be trained again
+    cfg = make_config("cpu", "sst2", method="acl", seed=3, precision="fp32")
+    assert cfg.hash == "22497877ab90cf3a"
     assert make_config("cpu", "sst2", method="acl", seed=3, train_size=20, train_subset="balanced-per-seed").hash != \
         make_config("cpu", "sst2", method="acl", seed=3, train_size=20).hash
 

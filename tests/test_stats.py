@@ -262,7 +262,15 @@ def test_paired_variance_test_by_simulation_and_hand():
         x, y = z + 0.5 * rng.normal(size=8), z + 0.5 * rng.normal(size=8)
         reject += stats.paired_variance_test(x, y)["p"] < 0.05  # two-sided, as the claims use it
     assert reject / 2000 < 0.05 + 2 * np.sqrt(0.05 * 0.95 / 2000)
-    assert r["p"] == pytest.approx(sps.pearsonr(a + b, a - b).pvalue) if not math.isnan(r["p"]) else True
+    # hand: Pitman-Morgan is the correlation test of (a + b, a - b): r from np.corrcoef, its t with
+    # n - 2 degrees of freedom, two-sided
+    a = np.array([3.1, 0.4, 2.2, 5.0, 1.7, 4.4])
+    b = np.array([2.0, 1.1, 1.9, 2.8, 1.0, 2.1])
+    rho = np.corrcoef(a + b, a - b)[0, 1]
+    t = rho * np.sqrt(len(a) - 2) / np.sqrt(1 - rho ** 2)
+    out = stats.paired_variance_test(a, b)
+    assert out["r"] == pytest.approx(rho) and out["p"] == pytest.approx(2 * sps.t.sf(abs(t), len(a) - 2), rel=1e-9)
+    assert out["ratio"] == pytest.approx(a.var(ddof=1) / b.var(ddof=1))
 
 
 def test_variance_ratio_interval_inverts_the_pitman_morgan_test():
