@@ -7,27 +7,27 @@ import sys
 from .config import PROFILES, STRATEGIES, METHODS, make_config
 
 
-def _print_result(result: dict) -> None:
-    cfg = result["config"]
-    metric = result["headline_metric"]
-    print(f"run {result['hash']}: {cfg['task']} {cfg['strategy']}/{cfg['method']} exit={cfg['exit']} "
+def _print_result(result) -> None:
+    cfg = result.config
+    metric = result.headline_metric
+    print(f"run {result.hash}: {cfg['task']} {cfg['strategy']}/{cfg['method']} exit={cfg['exit']} "
           f"backbone={cfg['backbone']} seed={cfg['seed']} precision={cfg['precision']}")
-    for ep in result["epochs"]:
-        split = result["eval_split"]
+    for ep in result.epochs:
+        split = result.eval_split
         if ep["eval"] is None:  # eval_each_epoch=False
             print(f"  epoch {ep['epoch']}: train loss {ep['train_main_loss']:.4f}")
             continue
         scores = "  ".join(f"exit {m}: {v[metric]:.2f}" for m, v in ep["eval"][split].items())
         print(f"  epoch {ep['epoch']}: train loss {ep['train_main_loss']:.4f}  {split} {metric}: {scores}")
-    final = result["final"][result["eval_split"]]
+    final = result.final[result.eval_split]
     last = max(final, key=int)
     print("final " + ", ".join(f"{k} {v:.2f}" for k, v in final[last].items()) + f" (exit {last})")
-    angles = [a["angle"] for a in result["angles"]]
+    angles = [a["angle"] for a in result.angles]
     if angles:
         over = sum(a > cfg["angle_threshold"] for a in angles)
         print(f"angles: {len(angles)} measured, {100 * over / len(angles):.1f}% over {cfg['angle_threshold']} deg")
-    print(f"train time {result['train_seconds']:.1f} s, {result['train_examples_per_s']:.1f} examples/s; "
-          f"total {result['total_seconds']:.1f} s")
+    print(f"train time {result.train_seconds:.1f} s, {result.train_examples_per_s:.1f} examples/s; "
+          f"total {result.total_seconds:.1f} s")
 
 
 def _plan(args) -> int:

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from . import data as gdata
 from . import measurements, runs, stats, strategies, train
 from .config import RunConfig
+from .results import RunResult
 from .losses import acl_embed_loss, gradient_angle, supcon_loss
 from .models import count_forward_flops, encoder_layers, load_tokenizer
 
@@ -171,38 +172,38 @@ def forward_flops(cfg: RunConfig, seq_len: int = 128, layer: int | None = None) 
     return count_forward_flops(model, seq_len, layer)
 
 
-def row_flops(cfg: RunConfig, result: dict, seq_len: int = 128, layer: int | None = None) -> float:
+def row_flops(cfg: RunConfig, result: RunResult, seq_len: int = 128, layer: int | None = None) -> float:
     """A Table 1 row's forward FLOPs: counted on the run's own model where its shape is the run's
     outcome (head pruning stores them), from its configuration otherwise."""
-    stored = result.get("forward_flops")
+    stored = result.extras.get("forward_flops")
     if stored is not None and stored["seq_len"] == seq_len and layer is None:
         return float(stored["flops"])
     return forward_flops(cfg, seq_len, layer)
 
 
-def pruning_path(results: dict) -> "pd.DataFrame":
+def pruning_path(results: dict[int, RunResult]) -> "pd.DataFrame":
     """Head pruning's path, one row per (seed, point): heads pruned, share of the full model's FLOPs
     and the headline dev score (results: seed -> a headprune run's result)."""
     import pandas as pd
     rows = []
     for seed, r in results.items():
-        split, metric = r["eval_split"], r["headline_metric"]
-        for point in r["path"]:
+        split, metric = r.eval_split, r.headline_metric
+        for point in r.extras["path"]:
             scores = point["final"][split]
             rows.append({"seed": seed, "heads_pruned": point["heads_pruned"], "share_pruned": point["share_pruned"],
                          "flops_ratio": point["flops_ratio"], "score": scores[max(scores, key=int)][metric]})
     return pd.DataFrame(rows)
 
 
-def score_of(result: dict, layer: int | str | None = None) -> float:
+def score_of(result: RunResult, layer: int | str | None = None) -> float:
     """A run's headline dev score at an exit (default: its deepest)."""
-    scores = result["score"]
+    scores = result.score
     return scores[str(layer) if layer is not None else max(scores, key=int)]
 
 
-def cross_layer_average(result: dict) -> float:
+def cross_layer_average(result: RunResult) -> float:
     """The mean of a multi-exit run's headline scores over all its exits (Tables 2 and 3)."""
-    return float(np.mean(list(result["score"].values())))
+    return float(np.mean(list(result.score.values())))
 
 
 @torch.no_grad()
@@ -252,7 +253,7 @@ def _tsne_2d(points: np.ndarray, seed: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- the few-shot chapter
-def few_shot_per_seed(chapter, results: dict) -> "pd.DataFrame":
+def few_shot_per_seed(chapter, results: dict[tuple, RunResult]) -> "pd.DataFrame":
     """One row per run of the few-shot plan (plan.few_shot): its method, training-set size (the
     examples it trained on), the size's label ("smallest", "full" or the number), regime, seed,
     headline score, epochs and optimizer updates."""
@@ -261,11 +262,11 @@ def few_shot_per_seed(chapter, results: dict) -> "pd.DataFrame":
     rows = []
     for (m, b, t, n, s), r in results.items():
         cfg = chapter.runs["run", m, b, t, n, s]
-        size = r["n_train"]
+        size = r.n_train
         rows.append({"backbone": b, "task": t, "method": m, "size": size,
                      "size_label": "full" if n == "full" else ("smallest" if n == smallest else str(n)),
                      "regime": "full" if n == "full" else "few-shot", "seed": s, "score": score_of(r),
-                     "metric": r["headline_metric"], "eval split": r["eval_split"], "epochs": cfg.epochs,
+                     "metric": r.headline_metric, "eval split": r.eval_split, "epochs": cfg.epochs,
                      "updates": cfg.epochs * train.updates_per_epoch(cfg, size)})
     return pd.DataFrame(rows)
 

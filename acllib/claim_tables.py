@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import analysis, early_exit, paper, plan, runs, train
 from .config import RunConfig, get_profile
+from .results import RunResult
 from .data import get_task
 from .models import backbone_depth, load_tokenizer
 
@@ -69,7 +70,7 @@ class _Collector:
         self.t = tables
         self._majority: dict[tuple, dict] = {}
 
-    def result(self, table: str, cfg: RunConfig, what: str) -> dict | None:
+    def result(self, table: str, cfg: RunConfig, what: str) -> RunResult | None:
         """A finished run's results, noted under `table`; None (and a line in missing) if not cached."""
         r = runs.load_result(cfg)
         if r is None:
@@ -78,9 +79,9 @@ class _Collector:
         self.t.hashes.setdefault(table, []).append(cfg.hash)
         return r
 
-    def note_majority(self, cfg: RunConfig, result: dict) -> None:
+    def note_majority(self, cfg: RunConfig, result: RunResult) -> None:
         """The majority-class score of the run's evaluation split (from its labels), once per split."""
-        split = result.get("eval_split") or "validation"
+        split = result.eval_split
         key = (cfg.task, split)
         if key in self._majority:
             return
@@ -110,7 +111,7 @@ def _pilot(col: _Collector, profile: str) -> dict[str, list[dict]]:
         if r is None:
             continue
         scores.append({"task": t, "method": "ACL-Embed", "seed": s, "score": analysis.score_of(r), "run": cfg.hash})
-        log += [{"task": t, "seed": s, "step": a["step"], "angle": a["angle"], "run": cfg.hash} for a in r["angles"]]
+        log += [{"task": t, "seed": s, "step": a["step"], "angle": a["angle"], "run": cfg.hash} for a in r.angles]
         # sec. 4.3's "aligns to a certain extent": the same fixed-model measurement with ACL-Embed's loss
         for i, a in enumerate(analysis.fixed_model_angles(cfg, progress=False, max_batches=batches, aux="acl-embed")):
             angles.append({"task": t, "method": "ACL-Embed", "aux": "acl-embed", "seed": s, "batch": i, "angle": a, "run": cfg.hash})
@@ -138,7 +139,7 @@ def _layer_curves(col: _Collector, profile: str) -> dict[str, list[dict]]:
         if r is not None:
             col.note_majority(cfg, r)
             rows += [{"method": m, "backbone": b, "task": t, "seed": s, "exit": int(e), "score": v, "run": cfg.hash}
-                     for e, v in r["score"].items()]
+                     for e, v in r.score.items()]
     return {"layer_scores": rows}
 
 

@@ -192,7 +192,7 @@ def run(cfg: RunConfig, model, td, progress: bool = True) -> dict:
                           target={k: v for k, v in target.items() if k != "final"}, path=path,
                           forward_flops={"seq_len": SEQ_LEN, "flops": target["flops"]},
                           importance_examples=int(len(sub)))
-    result["params"] = target["params"]  # the model at the target, not the path's end
+    result.params = target["params"]  # the model at the target, not the path's end
     return result
 
 

@@ -309,8 +309,8 @@ def cost_table(profile: str, chapters=None, flops_per_s: float | None = None, gp
         f = [flops[c.hash] for c in cfgs]
         done = [load_result(c) for c in cfgs]
         for c, x, r in zip(cfgs, f, done):  # calibrate on full fine-tunes: their train_seconds are their training steps
-            if r is not None and not strategies.get(c.strategy).needs_stage1 and r.get("train_seconds") and flops_per_s:
-                calib.append(r["train_seconds"] / (x["train"] / flops_per_s))
+            if r is not None and not strategies.get(c.strategy).needs_stage1 and r.train_seconds and flops_per_s:
+                calib.append(r.train_seconds / (x["train"] / flops_per_s))
         for b in _unique(c.backbone for c in cfgs) or [""]:
             mine = [(x, r) for c, x, r in zip(cfgs, f, done) if c.backbone == b]
             rows.append({"chapter": name, "backbone": b, "runs": len(mine), "in the cache": sum(r is not None for _, r in mine),

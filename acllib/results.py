@@ -1,7 +1,7 @@
 """A run's files, at the bottom of the package: where its results and weights live, reading them
-back (a damaged file reported once and treated as missing), and the one results dictionary every
-strategy returns (make_result), with its provenance. No training here: runs.py executes, the
-strategies train, and everything reads and writes results through this module.
+back (a damaged file reported once and treated as missing), and the one results record every
+strategy returns (RunResult, made by make_result), with its provenance. No training here: runs.py
+executes, the strategies train, and everything reads and writes results through this module.
 """
 from __future__ import annotations
 
@@ -10,13 +10,59 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import data as gdata
 from . import store
 from .config import RunConfig
+
+
+@dataclass
+class RunResult:
+    """One finished run: what runs/<hash>.json holds, each key an attribute (the file's layout is
+    to_dict's: these fields, then the strategy's extras at the same level)."""
+    hash: str
+    config: dict[str, Any]                      # the run's RunConfig.to_dict() (run_config: the object)
+    headline_metric: str                        # the task's first metric: what `score` holds
+    eval_split: str                             # the split `score` is measured on
+    score: dict[str, float]                     # headline metric per exit layer ("6": 91.2), on eval_split
+    final: dict[str, dict[str, dict[str, float]]]  # split -> exit layer -> metric -> value, after training
+    epochs: list[dict[str, Any]]                # train.FitLog.epochs: loss, seconds, evaluation per epoch
+    angles: list[dict[str, Any]]                # measured gradient angles: epoch, step, angle, lam used
+    n_train: int
+    n_eval: dict[str, int]                      # examples per evaluation split
+    missing_eval_splits: list[str]
+    train_seconds: float                        # the training steps alone
+    train_examples_per_s: float | None
+    total_seconds: float                        # the whole run: data, training, evaluation
+    params: dict[str, float]                    # MultiExitModel.parameter_report()
+    provenance: dict[str, Any]                  # where and with what it ran (provenance())
+    # what a strategy adds: 2st its stage1_hash, feature_seconds, stage1_train_seconds; head pruning
+    # its path and importances; Theseus its schedule
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_config(self) -> RunConfig:
+        return RunConfig(**self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
+        clash = set(out) & set(self.extras)
+        if clash:
+            raise ValueError(f"extras {sorted(clash)} would overwrite fields of RunResult")
+        return {**out, **self.extras}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+        names = [f.name for f in fields(cls) if f.name != "extras"]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise KeyError(f"a run's results lack {missing}")
+        return cls(**{n: d[n] for n in names}, extras={k: v for k, v in d.items() if k not in names})
 
 
 def result_path(cfg: RunConfig) -> Path:
@@ -27,7 +73,7 @@ def model_path(cfg: RunConfig) -> Path:
     return store.cache_dir("models") / f"{cfg.hash}.safetensors"
 
 
-def load_result(cfg: RunConfig) -> dict | None:
+def load_result(cfg: RunConfig) -> RunResult | None:
     """The finished run's results, or None. A file that does not parse (cut short by something other
     than our atomic writes, e.g. a copy) or that holds another config than its name's hash is
     reported in one line and treated as missing, so the run is done again and the file replaced."""
@@ -35,8 +81,8 @@ def load_result(cfg: RunConfig) -> dict | None:
     if not path.exists():
         return None
     try:
-        result = store.read_json(path)
-        ok = result.get("hash") == cfg.hash and RunConfig(**result["config"]).hash == cfg.hash
+        result = RunResult.from_dict(store.read_json(path))
+        ok = result.hash == cfg.hash and result.run_config.hash == cfg.hash
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
@@ -92,20 +138,19 @@ def provenance(cfg: RunConfig) -> dict:
     }
 
 
-def make_result(cfg: RunConfig, log, td, model, final: dict, seconds: float, **extra) -> dict:
+def make_result(cfg: RunConfig, log, td, model, final: dict, seconds: float, **extra) -> RunResult:
     """The results of a run: `log` its train.FitLog, `td` its train.TaskData, `model` as trained,
     `final` its dev scores per split and exit; `extra` what the strategy adds (its stage 1's hash ...)."""
     task = gdata.get_task(cfg.task)
     primary = next(iter(td.evals))
-    return {
-        "hash": cfg.hash, "config": cfg.to_dict(), **extra,
-        "headline_metric": task.metrics[0], "eval_split": primary,
-        "score": {m: v[task.metrics[0]] for m, v in final[primary].items()},
-        "final": final, "epochs": log.epochs, "angles": log.angles,
-        "n_train": len(td.train), "n_eval": {s: len(d) for s, d in td.evals.items()},
-        "missing_eval_splits": td.missing_eval_splits,
-        "train_seconds": log.train_seconds,
-        "train_examples_per_s": log.train_examples / log.train_seconds if log.train_seconds else None,
-        "total_seconds": seconds, "params": model.parameter_report(),
-        "provenance": provenance(cfg),
-    }
+    return RunResult(
+        hash=cfg.hash, config=cfg.to_dict(),
+        headline_metric=task.metrics[0], eval_split=primary,
+        score={m: v[task.metrics[0]] for m, v in final[primary].items()},
+        final=final, epochs=log.epochs, angles=log.angles,
+        n_train=len(td.train), n_eval={s: len(d) for s, d in td.evals.items()},
+        missing_eval_splits=td.missing_eval_splits,
+        train_seconds=log.train_seconds,
+        train_examples_per_s=log.train_examples / log.train_seconds if log.train_seconds else None,
+        total_seconds=seconds, params=model.parameter_report(),
+        provenance=provenance(cfg), extras=extra)

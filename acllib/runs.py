@@ -16,7 +16,8 @@ from . import store, strategies, train
 from .config import RunConfig
 from .models import load_tokenizer
 # the run's files and results live one layer down; runs.load_result etc. are the executor's words too
-from .results import _cpu_model, _git_commit, load_result, make_result, model_path, provenance, result_path  # noqa: F401
+from .results import (RunResult, _cpu_model, _git_commit, load_result, make_result, model_path,  # noqa: F401
+                      provenance, result_path)
 
 
 def note_requested(cfgs) -> None:
@@ -31,7 +32,7 @@ def note_requested(cfgs) -> None:
         f.write("".join(h + "\n" for h in lines))
 
 
-def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
+def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> RunResult:
     """The results of `cfg`, from the cache or by running it: its stage 1 first where its strategy
     starts from one, then the strategy, then its weights (first: a results file always has its
     weights) and its results, atomically."""
@@ -50,8 +51,8 @@ def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> dict:
     result, weights = strategy.train(cfg, progress, stage1)
     if weights is not None:
         store.save_tensors(model_path(cfg), weights)
-    store.write_json(result_path(cfg), result)
-    return result
+    store.write_json(result_path(cfg), result.to_dict())
+    return load_result(cfg)  # as every later reader sees it: the file, through JSON
 
 
 def load_model(cfg: RunConfig, progress: bool = False):
@@ -66,7 +67,7 @@ def load_model(cfg: RunConfig, progress: bool = False):
     return model.eval()
 
 
-def run_group(cfgs: list[RunConfig], progress: bool = True, force: bool = False) -> list[dict]:
+def run_group(cfgs: list[RunConfig], progress: bool = True, force: bool = False) -> list[RunResult]:
     """Runs whose strategy shares its stage 1 (2st), all of one stage 1: it is trained (or loaded)
     once, and the strategy trains every run on it (2st: on one set of frozen features)."""
     for _ in group_each(cfgs, progress, force):
@@ -87,15 +88,15 @@ def group_each(cfgs: list[RunConfig], progress: bool = True, force: bool = False
             run(stage1, progress, force=True)
         for cfg, result, weights in strategy.train_group(todo, progress, load_result(stage1)):
             store.save_tensors(model_path(cfg), weights)
-            store.write_json(result_path(cfg), result)
+            store.write_json(result_path(cfg), result.to_dict())
             yield cfg
 
 
-def run_many(cfgs: list[RunConfig], progress: bool = True) -> list[dict]:
+def run_many(cfgs: list[RunConfig], progress: bool = True) -> list[RunResult]:
     """Run (or load) many configs; runs that share a stage 1 (2st) are grouped so it is shared."""
     from tqdm import tqdm
     note_requested(cfgs)
-    results: dict[str, dict] = {}
+    results: dict[str, RunResult] = {}
     groups: dict[str, list[RunConfig]] = {}
     shared = {c.hash for c in cfgs if strategies.get(c.strategy).shares_stage1}
     for cfg in cfgs:

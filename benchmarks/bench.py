@@ -246,7 +246,7 @@ def main(argv=None) -> None:
         from acllib.config import get_profile
         seeds = get_profile("cpu").seeds
         score = {p: [run(make_config("cpu", args.accuracy_task, method="ce", seed=s, precision=p), progress=False)
-                     ["score"] for s in seeds] for p in ("bf16", "fp32")}
+                     .score for s in seeds] for p in ("bf16", "fp32")}
         diffs = [statistics.fmean(b.values()) - statistics.fmean(f.values())
                  for b, f in zip(score["bf16"], score["fp32"])]  # last exit: the only one
         acc = (statistics.fmean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else float("nan"), len(diffs))

@@ -57,19 +57,19 @@ def test_every_strategy_trains_and_scores_on_tiny_roberta(cache, name):
     result = runs.run(cfg, progress=False)
     depth = 2 if cfg.strategy == "direct" else 4
     expected = {str(depth)} if cfg.strategy in ("single", "direct") else {str(m) for m in range(1, depth + 1)}
-    assert set(result["score"]) == expected
-    assert all(0.0 <= v <= 100.0 for v in result["score"].values())
-    assert result["n_train"] == 48
+    assert set(result.score) == expected
+    assert all(0.0 <= v <= 100.0 for v in result.score.values())
+    assert result.n_train == 48
 
 
 def test_compression_baselines_run_on_tiny_roberta(cache):
     """Table 1's head pruning and module replacing on RoBERTa (the paper's Table 1 has RoBERTa rows)."""
     hp = runs.run(make_config("smoke", "rte", backbone="tiny-roberta", seed=1, strategy="headprune"), progress=False)
-    ratios = [p["flops_ratio"] for p in hp["path"]]
+    ratios = [p["flops_ratio"] for p in hp.extras["path"]]
     assert ratios[0] == 1.0 and all(a > b for a, b in zip(ratios, ratios[1:]))
-    assert hp["target"]["flops_ratio"] <= hp["target_flops_ratio"]
+    assert hp.extras["target"]["flops_ratio"] <= hp.extras["target_flops_ratio"]
     th = runs.run(make_config("smoke", "rte", backbone="tiny-roberta", seed=1, strategy="theseus"), progress=False)
-    assert set(th["score"]) == {"2"} and all(0.0 <= v <= 100.0 for v in th["score"].values())
+    assert set(th.score) == {"2"} and all(0.0 <= v <= 100.0 for v in th.score.values())
 
 
 @pytest.mark.parametrize("kind", [dict(**TABLE2_ROWS["ACL"]), dict(method="ce", exit="linear")])
@@ -103,4 +103,4 @@ def test_a_roberta_checkpoint_folder_loads_as_from_pretrained_would(cache, tmp_p
     torch.testing.assert_close(model.embeddings.word_embeddings.weight, saved.embeddings.word_embeddings.weight)
     run = runs.run(make_config("smoke", "rte", backbone=str(folder), seed=1, strategy="2st", method="ce",
                                exit="linear"), progress=False)
-    assert set(run["score"]) == {"1", "2", "3", "4"}
+    assert set(run.score) == {"1", "2", "3", "4"}

@@ -18,8 +18,8 @@ CHAPTER = ["06"]  # the t-SNE chapter at smoke: 4 two-stage runs and their 4 sta
 
 
 def _comparable(result):
-    return {k: result[k] for k in ("final", "score", "angles")} | {
-        "epochs": [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in result["epochs"]]}
+    return {"final": result.final, "score": result.score, "angles": result.angles,
+            "epochs": [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in result.epochs]}
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_a_damaged_results_file_is_reported_once_and_swept_again(fresh_cache, ca
     err = [line for line in capfd.readouterr().err.splitlines() if "is not the complete result" in line]
     assert sorted(h for line in err for h in (stage1.hash, two_stage.hash) if h in line) == sorted([stage1.hash, two_stage.hash])
     assert counts["trained"] == 2 and counts["failed"] == 0
-    assert runs.load_result(stage1)["hash"] == stage1.hash and runs.load_result(two_stage)["hash"] == two_stage.hash
+    assert runs.load_result(stage1).hash == stage1.hash and runs.load_result(two_stage).hash == two_stage.hash
 
 
 def test_two_sweeps_on_one_cache_train_each_run_once(fresh_cache):

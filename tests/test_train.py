@@ -191,8 +191,8 @@ def test_stage2_features_are_the_backbones_states(cache, precision):
 
 
 def _comparable(result):
-    return {k: result[k] for k in ("final", "score", "angles")} | {
-        "epochs": [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in result["epochs"]]}
+    return {"final": result.final, "score": result.score, "angles": result.angles,
+            "epochs": [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in result.epochs]}
 
 
 def test_same_config_twice_gives_identical_results(cache):
@@ -200,7 +200,7 @@ def test_same_config_twice_gives_identical_results(cache):
     first = runs.run(cfg, progress=False, force=True)
     second = runs.run(cfg, progress=False, force=True)
     assert _comparable(first) == _comparable(second)
-    assert first["angles"], "ACL-Grad must log its angles"
+    assert first.angles, "ACL-Grad must log its angles"
 
 
 def test_finished_runs_come_from_the_cache(cache, monkeypatch):
@@ -221,13 +221,13 @@ def test_a_damaged_results_file_is_reported_and_run_again(cache, damage, capsys)
     else:  # a valid file whose config is not the one its name's hash stands for
         other = runs.run(make_config("smoke", "rte", method="ce", seed=13), progress=False)
         path.write_text(runs.result_path(make_config("smoke", "rte", method="ce", seed=13)).read_text())
-        assert other["hash"] != cfg.hash
+        assert other.hash != cfg.hash
     assert runs.load_result(cfg) is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and cfg.hash in err[0] and "done again" in err[0]
     again = runs.run(cfg, progress=False)
     assert _comparable(again) == _comparable(first)  # re-run, and the file replaced by a good one
-    assert runs.load_result(cfg)["hash"] == cfg.hash
+    assert runs.load_result(cfg).hash == cfg.hash
 
 
 def test_two_stage_shares_stage1_and_reports_every_exit(cache):
@@ -236,10 +236,10 @@ def test_two_stage_shares_stage1_and_reports_every_exit(cache):
             [("none", False), ("acl-cl", True)]]
     results = runs.run_many(cfgs, progress=False)
     stage1 = runs.load_result(cfgs[0].stage1())
-    assert stage1 is not None and all(r["stage1_hash"] == cfgs[0].stage1().hash for r in results)
+    assert stage1 is not None and all(r.extras["stage1_hash"] == cfgs[0].stage1().hash for r in results)
     for r in results:
-        assert set(r["score"]) == {"1", "2", "3", "4"}
-        assert r["score"]["4"] == stage1["score"]["4"]
+        assert set(r.score) == {"1", "2", "3", "4"}
+        assert r.score["4"] == stage1.score["4"]
 
 
 def test_gradient_accumulation_equals_one_big_batch(rte_batch):
@@ -400,8 +400,8 @@ def test_eval_after_last_epoch_only_changes_nothing_else(cache):
     every = runs.run(make_config("smoke", "rte", method="ce", seed=13), progress=False, force=True)
     last = runs.run(make_config("smoke", "rte", method="ce", seed=13, eval_each_epoch=False),
                      progress=False, force=True)
-    assert [e["eval"] is None for e in last["epochs"]] == [True] * (len(last["epochs"]) - 1) + [False]
-    assert last["final"] == every["final"] and last["score"] == every["score"]
+    assert [e["eval"] is None for e in last.epochs] == [True] * (len(last.epochs) - 1) + [False]
+    assert last.final == every.final and last.score == every.score
 
 
 def test_multi_exit_runs_keep_their_weights(cache):
@@ -412,7 +412,7 @@ def test_multi_exit_runs_keep_their_weights(cache):
     model = runs.load_model(cfg)
     td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
     again = train.evaluate_model(model, td.evals, cfg.task, cfg.precision, pad_id=td.pad_id)
-    assert again == result["final"]
+    assert again == result.final
 
 
 def test_clip_grad_norms_equals_clip_grad_norm_per_group():
@@ -593,8 +593,9 @@ def test_the_fused_optimizer_equals_plain_adamw_and_every_gradient_reaches_it_in
             opt = torch.optim.AdamW([{"params": [params["w"]], "weight_decay": 0.01},
                                      {"params": [params["b"], params["norm.weight"]], "weight_decay": 0.0}],
                                     lr=1e-2, foreach=False, fused=False)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, train.make_optimizer(
-                list(params.items()), 1e-2, 0.01, 6, 0.34)[1].lr_lambdas[0])
+            # by hand: warm-up over round(0.34 x 6) = 2 steps (1/3, 2/3), then linear decay to 0
+            factors = [1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25, 0.0]
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factors[step])
         steps = torch.Generator().manual_seed(1)
         for _ in range(6):
             for n, p in params.items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import train
 from ..config import STRATEGIES, RunConfig
+from ..results import RunResult
 from ..models import MultiExitModel, encoder_layers, load_backbone
 
 REGISTRY: dict[str, "Strategy"] = {}
@@ -13,12 +14,13 @@ class Strategy:
     needs_stage1 = False   # starts from cfg.stage1()'s trained model (the executor trains it first)
     shares_stage1 = False  # the runs of one stage 1 train together (the executor groups them)
     keeps_weights = False  # its whole model is saved (stage 1 of 2st; JT and ALT for early exiting)
+    stage = "fine-tuning"  # what its runs' training time is spent on (the differences chapter's table)
 
     def shape(self, cfg: RunConfig, n_layers: int) -> tuple[int | None, list[int]]:
         """(the backbone layers kept, None for all; the layers that get an exit)."""
         return None, [n_layers]
 
-    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[dict, dict | None]:
+    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[RunResult, dict | None]:
         """Train a run: (its results, the weights to keep or None). stage1: what needs_stage1 gets."""
         raise NotImplementedError
 

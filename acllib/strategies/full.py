@@ -14,7 +14,7 @@ from .. import data as gdata
 from .. import store, train
 from ..config import RunConfig
 from ..models import MultiExitModel, load_tokenizer
-from ..results import make_result, model_path
+from ..results import RunResult, make_result, model_path
 from .base import Strategy, build_model, register
 
 
@@ -25,7 +25,7 @@ class FullFineTuning(Strategy):
         """Whether an epoch's loss is the sum of every exit's CE (else the last exit's objective)."""
         return False
 
-    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[dict, dict | None]:
+    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[RunResult, dict | None]:
         t0 = time.perf_counter()
         td = train.load_task_data(cfg, load_tokenizer(cfg.backbone))
         model = build_model(cfg, gdata.get_task(cfg.task).num_labels)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from .. import head_pruning
 from ..config import RunConfig
+from ..results import RunResult
 from .base import Strategy, register
 
 
 @register
 class HeadPrune(Strategy):
     name = "headprune"
+    stage = "head pruning (importance and path, no training)"
     needs_stage1 = True
 
-    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[dict, dict | None]:
+    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[RunResult, dict | None]:
         model, td = stage1  # the CE model (pruned here in place) and its task data
         return head_pruning.run(cfg, model, td, progress), None
 

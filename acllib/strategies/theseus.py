@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from .. import theseus as method
 from ..config import RunConfig
+from ..results import RunResult
 from .base import Strategy, register
 
 
 @register
 class Theseus(Strategy):
     name = "theseus"
+    stage = "module replacing"
     needs_stage1 = True
 
     def shape(self, cfg: RunConfig, n_layers: int) -> tuple[int | None, list[int]]:
         return n_layers // 2, [n_layers // 2]  # the successor's shape (theseus.Theseus)
 
-    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[dict, dict | None]:
+    def train(self, cfg: RunConfig, progress: bool, stage1=None) -> tuple[RunResult, dict | None]:
         model, td = stage1  # the predecessor and its task data
         return method.run(cfg, model, td, progress), None
 

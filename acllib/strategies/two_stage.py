@@ -11,7 +11,7 @@ from .. import data as gdata
 from .. import store, train
 from ..config import RunConfig
 from ..models import MultiExitModel, load_tokenizer
-from ..results import make_result, model_path
+from ..results import RunResult, make_result, model_path
 from .base import Strategy, build_model, register
 
 
@@ -29,13 +29,14 @@ def load_stage1(model: MultiExitModel, stage1: RunConfig) -> None:
 @register
 class TwoStage(Strategy):
     name = "2st"
+    stage = "stage 2"
     needs_stage1 = True
     shares_stage1 = True
 
     def shape(self, cfg: RunConfig, n_layers: int) -> tuple[int | None, list[int]]:
         return None, list(range(1, n_layers + 1))
 
-    def train_group(self, cfgs: list[RunConfig], progress: bool, stage1_result: dict):
+    def train_group(self, cfgs: list[RunConfig], progress: bool, stage1_result: RunResult):
         """Stage 2 of runs sharing one finished stage 1 (its results `stage1_result`): the frozen
         backbone's features once, then each run's exits; yields (config, results, weights: the
         intermediate exits only, ~1% of the model) as each finishes."""
@@ -58,11 +59,11 @@ class TwoStage(Strategy):
             last = str(model.exit_layers[-1])
             for epoch in log.epochs:  # the last exit is stage 1's, unchanged by stage 2
                 for split, scores in (epoch["eval"] or {}).items():
-                    scores[last] = stage1_result["final"][split][last]
+                    scores[last] = stage1_result.final[split][last]
             final = log.epochs[-1]["eval"]
             result = make_result(cfg, log, td, model, final, time.perf_counter() - t0,
                                  stage1_hash=stage1.hash, feature_seconds=feature_seconds,
-                                 stage1_train_seconds=stage1_result["train_seconds"])
+                                 stage1_train_seconds=stage1_result.train_seconds)
             weights = {k: v for k, v in model.state_dict().items()
                        if k.startswith("exits.") and k.split(".")[1] != last}
             yield cfg, result, weights
