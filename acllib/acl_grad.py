@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .losses import group_angles, stacked_angles
+from .models import reference
 
 
 def acl_grad_weight(angle: float, lam: float, threshold: float) -> float:
@@ -64,6 +65,8 @@ def backward(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool, thres
             return []                # no module): their .grad stays None and the optimizer skips them
         (total * scale).backward()
         return []
+    if reference():  # the plain step both paths below equal (models.reference_ops)
+        return reference_step(loss, params, acl_grad, threshold, scale)
     if loss.stacked is not None:
         return _backward_stacked(loss, acl_grad, threshold, scale)
     g_main = torch.autograd.grad(loss.main, params, retain_graph=True, allow_unused=True)
@@ -140,7 +143,7 @@ def reference_step(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool,
     """The plain ACL-Grad step that backward() and _backward_stacked() speed up: for each group, its
     angle from the flattened gradients, lam from the rule, then autograd of (w_main main + w_aux aux)
     * scale with respect to that group's parameters, added to .grad. Slow (one graph traversal per
-    group and loss) and obviously right; used by the tests only."""
+    group and loss) and obviously right: backward() under models.reference_ops(), and the tests."""
     groups = loss.groups or [params]
     measured = []
     for group in groups:

@@ -8,24 +8,47 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .data import BATCH_ORDERS, get_task
-from .models import EXITS
 
 # Part of every run's hash: bump it when a code change alters what a config's run produces, so that
 # cached results made by the old code are not reused.
 RESULTS_VERSION = 6  # 2: fast dropout, exit dropout after down-projection, fused AdamW; 3: ACL-Grad .grad layout fix; 4: dropout masks from 16-bit random lanes (other draws, p rounded to 2^-16); 5: random training batches, linear exits with the pre-trained pooler; 6: length-windowed batches
 
-STRATEGIES = ("single", "direct", "2st", "jt", "alt", "headprune", "theseus")
-# The compression baselines' own settings (head_pruning and theseus read them from here). They enter
-# those runs' hashes only, so changing one re-runs them and no other run; "version" counts the
-# changes of their code that change results (theseus 2: dropout on in training, one draw per update).
-COMPRESSION_SETTINGS = {
-    "headprune": {"version": 1, "importance_examples": 512, "path_step": 0.2, "flops_seq_len": 128},
-    "theseus": {"version": 2, "initial_rate": 0.3, "replacing_share": 0.5},
+@dataclass(frozen=True)
+class StrategySchema:
+    """What the run schema knows of a training strategy: which of a run's fields it reads and which
+    values it allows (how it trains is its file in acllib/strategies/). Validation, normalisation
+    and the hash read these flags, so no code here compares a strategy's name."""
+    methods: tuple[str, ...] | None = None  # the stage-1 methods it allows (None: every one) ...
+    methods_why: str = ""                   # ... and why, for the error message
+    stage2: bool = False                    # trains exits on a frozen backbone's states (the stage2_* fields)
+    depth: bool = False                     # reads `depth`, which it needs >= 1
+    # its own settings, in its runs' hashes only (changing one re-runs them and no other run);
+    # "version" counts the changes of its code that change results
+    settings: dict[str, Any] | None = None
+
+
+STRATEGY_SCHEMAS = {
+    "single": StrategySchema(),
+    "direct": StrategySchema(depth=True),
+    "2st": StrategySchema(stage2=True),
+    "jt": StrategySchema(methods=("ce",), methods_why="trains with CE only"),
+    "alt": StrategySchema(methods=("ce",), methods_why="trains with CE only"),
+    # the compression baselines (head_pruning and theseus read their settings from here);
+    # theseus 2: dropout on in training, one draw per update
+    "headprune": StrategySchema(methods=("ce",), methods_why="compresses the CE model",
+                                settings={"version": 1, "importance_examples": 512, "path_step": 0.2, "flops_seq_len": 128}),
+    "theseus": StrategySchema(methods=("ce",), methods_why="compresses the CE model",
+                              settings={"version": 2, "initial_rate": 0.3, "replacing_share": 0.5}),
 }
+STRATEGIES = tuple(STRATEGY_SCHEMAS)
+COMPRESSION_SETTINGS = {name: s.settings for name, s in STRATEGY_SCHEMAS.items() if s.settings is not None}
 # Stage-1 / full fine-tuning objectives: (auxiliary loss, ACL-Grad on?)
 METHODS = {"ce": ("none", False), "ce+scl": ("scl", False),
            "acl-embed": ("acl-embed", False), "acl": ("acl-embed", True)}
 STAGE2_AUX = ("none", "scl", "acl-embed", "acl-cl")
+# The exits (models.make_exit): "mha" the paper's; "linear" PABEE's pooled [CLS]; "linear-cls"
+# [CLS] without a pooler; "linear-mean" mean pooling
+EXITS = ("mha", "linear", "linear-cls", "linear-mean")
 PRECISIONS = ("auto", "bf16", "fp32")
 # How lam weighs the auxiliary loss. "convex": (1 - lam) main + lam aux, as sec. 3.1 and 4.2 print it;
 # at lam = 1 CE is dropped, so CE+SCL trains no classifier (ACL's losses still reach the classifier
@@ -104,9 +127,13 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @property
+    def schema(self) -> StrategySchema:
+        return STRATEGY_SCHEMAS[self.strategy]
+
+    @property
     def hash(self) -> str:
-        extra = {"compression": COMPRESSION_SETTINGS[self.strategy]} if self.strategy in COMPRESSION_SETTINGS else {}
-        if self.strategy == "2st" and self.precision == "fp32":
+        extra = {"compression": self.schema.settings} if self.schema.settings is not None else {}
+        if self.schema.stage2 and self.precision == "fp32":
             # stage 2 of fp32 runs reads fp32 layer states (train.feature_dtype), bf16-rounded ones before:
             # their results changed, bf16 runs' did not (so a key of these runs' hashes, not a results version)
             extra["stage2_features"] = "fp32"
@@ -127,7 +154,7 @@ _STAGE2_FIELDS = ("stage2_kd", "stage2_aux", "stage2_grad", "stage2_grad_ref", "
 def _normalize(cfg: RunConfig) -> RunConfig:
     """Reset fields a run does not use, so equal runs get equal hashes."""
     default = RunConfig()
-    if cfg.strategy != "2st":
+    if not cfg.schema.stage2:
         cfg = replace(cfg, **{f: getattr(default, f) for f in _STAGE2_FIELDS})
     else:
         if cfg.stage2_aux == "none":
@@ -144,7 +171,7 @@ def _normalize(cfg: RunConfig) -> RunConfig:
         cfg = replace(cfg, d_e=default.d_e, heads=default.heads)
     if cfg.batch_size is not None:
         cfg = replace(cfg, updates_per_epoch=None)
-    if cfg.strategy != "direct":
+    if not cfg.schema.depth:
         cfg = replace(cfg, depth=None)
     if cfg.batches != "length-windowed":
         cfg = replace(cfg, batch_window=default.batch_window)
@@ -155,6 +182,7 @@ def _normalize(cfg: RunConfig) -> RunConfig:
 
 def validate(cfg: RunConfig) -> RunConfig:
     get_task(cfg.task)
+    schema = STRATEGY_SCHEMAS.get(cfg.strategy, StrategySchema())  # an unknown one fails the first check
     checks = [
         (cfg.strategy in STRATEGIES, f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}"),
         (cfg.method in METHODS, f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}"),
@@ -174,11 +202,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.tau > 0, f"tau must be > 0, got {cfg.tau!r}"),
         (0.0 <= cfg.angle_threshold <= 180.0, f"angle_threshold must lie in [0, 180], got {cfg.angle_threshold!r}"),
         (cfg.kd_temperature > 0, f"kd_temperature must be > 0, got {cfg.kd_temperature!r}"),
-        (cfg.strategy not in ("jt", "alt") or cfg.method == "ce",
-         f"strategy {cfg.strategy!r} trains with CE only; method {cfg.method!r} is not allowed with it"),
-        (cfg.strategy not in ("headprune", "theseus") or cfg.method == "ce",
-         f"strategy {cfg.strategy!r} compresses the CE model; method {cfg.method!r} is not allowed with it"),
-        (cfg.strategy != "direct" or (cfg.depth or 0) >= 1, f"strategy 'direct' needs depth >= 1, got {cfg.depth!r}"),
+        (schema.methods is None or cfg.method in schema.methods,
+         f"strategy {cfg.strategy!r} {schema.methods_why}; method {cfg.method!r} is not allowed with it"),
+        (not schema.depth or (cfg.depth or 0) >= 1, f"strategy {cfg.strategy!r} needs depth >= 1, got {cfg.depth!r}"),
         (cfg.epochs >= 1 and cfg.stage2_epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}/{cfg.stage2_epochs}"),
         (cfg.batch_size is not None or cfg.updates_per_epoch is not None,
          "set batch_size or updates_per_epoch"),

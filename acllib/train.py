@@ -20,7 +20,7 @@ from . import metrics
 from .config import RunConfig
 from .acl_grad import Loss, backward
 from .losses import acl_cross_layer_loss, acl_embed_loss, kd_loss, supcon_loss
-from .models import MultiExitModel, exits_forward, stack_exit_params, stackable
+from .models import MultiExitModel, exits_forward, reference, stack_exit_params, stackable
 
 MAX_GRAD_NORM = 1.0  # Hugging Face Trainer's default, which the paper keeps (sec. 5.3)
 EVAL_BATCH = 32  # length-grouped: on CPU larger batches only add padding (RTE dev: 25% at 128, 8% at 32)
@@ -87,7 +87,13 @@ def updates_per_epoch(cfg: RunConfig, n_train: int) -> int:
 def clip_grad_norms_(groups: list[list[torch.nn.Parameter]], max_norm: float) -> None:
     """torch.nn.utils.clip_grad_norm_ applied to each group on its own, with one norm kernel and
     one scaling kernel for all groups (five clip_grad_norm_ calls were 3% of a stage-2 step).
-    torch._foreach_norm / _foreach_mul_ are what clip_grad_norm_ itself calls."""
+    torch._foreach_norm / _foreach_mul_ are what clip_grad_norm_ itself calls.
+    Plain version (models.reference_ops): clip_grad_norm_ on each group
+    (tests/test_train.py::test_clip_grad_norms_equals_clip_grad_norm_per_group)."""
+    if reference():
+        for group in groups:
+            torch.nn.utils.clip_grad_norm_(group, max_norm)
+        return
     grads = [[p.grad for p in group if p.grad is not None] for group in groups]
     flat = [g for group in grads for g in group]
     if not flat:
@@ -106,8 +112,9 @@ def make_optimizer(named_params, lr: float, weight_decay: float, total_steps: in
     # Plain version: AdamW(foreach=False, fused=False); equal on gradients laid out like their
     # parameters, which acl_grad.backward guarantees (tests/test_train.py::test_the_fused_optimizer_...)
     fused = all(p.dtype in (torch.float32, torch.float64) for _, p in named_params)
+    how = {"foreach": False, "fused": False} if reference() else {"fused": fused or None}
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=fused or None)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, **how)
     warmup = int(round(warmup_ratio * total_steps))
 
     def factor(step: int) -> float:
@@ -300,6 +307,8 @@ def feature_dtype(precision: str) -> torch.dtype:
 
 class FrozenFeatures:
     """What a frozen backbone + last exit give for one split, computed once (in feature_dtype).
+    Plain version: LiveFeatures (reference_ops uses it); tests/test_train.py::
+    test_stage2_cached_and_live_features_agree and ::test_stage2_features_are_the_backbones_states.
 
     hidden: [n_layers, total_tokens, hidden] for the intermediate layers, flat like gdata.Encoded;
     the teacher's (last exit's) representation and logits per example in fp32.
@@ -488,9 +497,10 @@ def feature_cache_gb(model: MultiExitModel, td: TaskData, layers, precision: str
 
 def build_features(cfg: RunConfig, model: MultiExitModel, td: TaskData, layers, progress: bool = True,
                    cached: bool | None = None) -> dict:
-    """Cached features when they fit in $ACL_FEATURE_CACHE_GB (default 8), else live ones."""
+    """Cached features when they fit in $ACL_FEATURE_CACHE_GB (default 8), else live ones (always
+    under models.reference_ops: the cache is a speed trick, LiveFeatures its plain version)."""
     if cached is None:
-        cached = feature_cache_gb(model, td, layers, cfg.precision) <= float(os.environ.get("ACL_FEATURE_CACHE_GB", "8"))
+        cached = not reference() and feature_cache_gb(model, td, layers, cfg.precision) <= float(os.environ.get("ACL_FEATURE_CACHE_GB", "8"))
     splits = {"train": td.train, **td.evals}
     # training batches are random, so they come in length-sorted pieces; eval batches are sorted already
     parts = {s: cfg.encoder_parts if s == "train" else 1 for s in splits}

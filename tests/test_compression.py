@@ -111,13 +111,11 @@ def test_pruning_order_and_path_points():
 
 
 def test_replacement_rate_follows_the_linear_curriculum():
+    # BERT-of-Theseus' curriculum with base rate 0.3 reaching 1 at half the steps (of 100), by hand
     total = 100
-    assert theseus.replacement_rate(0, total) == pytest.approx(theseus.INITIAL_RATE)
-    half = theseus.REPLACING_SHARE * total
-    for t in (10, 25, 40):
-        assert theseus.replacement_rate(t, total) == pytest.approx(
-            theseus.INITIAL_RATE + (1 - theseus.INITIAL_RATE) * t / half)
-    assert theseus.replacement_rate(int(half), total) == pytest.approx(1.0)
+    assert (theseus.INITIAL_RATE, theseus.REPLACING_SHARE) == (0.3, 0.5)  # the numbers below assume them
+    for t, p in ((0, 0.3), (10, 0.44), (25, 0.65), (40, 0.86), (50, 1.0)):
+        assert theseus.replacement_rate(t, total) == pytest.approx(p)
     assert theseus.replacement_rate(99, total) == 1.0
     rng = np.random.default_rng(0)
     draws = np.array([theseus.draw(rng, 0.3, 3) for _ in range(4000)])
@@ -175,8 +173,8 @@ def test_theseus_trains_the_successor_only_and_its_run(cache, monkeypatch):
     monkeypatch.setattr(theseus.Theseus, "logits", logits)
     t, log, schedule, total = theseus.compress(cfg, model, td, progress=False)
     monkeypatch.undo()
-    updates = cfg.epochs * -(-len(td.train) // train.update_batch_size(cfg, len(td.train)))
-    assert total == updates and [s["step"] for s in schedule] == list(range(total))
+    assert (len(td.train), cfg.batch_size, cfg.epochs) == (48, 16, 2)  # the smoke profile's
+    assert total == 6 and [s["step"] for s in schedule] == list(range(total))  # 2 epochs x 48 / 16 updates
     draws = [e for e in events if e[0] == "draw"]
     calls = [e for e in events if e[0] == "call"]
     assert len(draws) == total and len(calls) > total
@@ -186,8 +184,9 @@ def test_theseus_trains_the_successor_only_and_its_run(cache, monkeypatch):
             last = e[1]
         else:
             assert e[1] == last and e[2]
-    b, half = theseus.INITIAL_RATE, theseus.REPLACING_SHARE * total  # p(t) = min(1, b + (1 - b) t / half)
-    assert [s["p"] for s in schedule] == pytest.approx([min(1.0, b + (1 - b) * t_ / half) for t_ in range(total)])
+    # each update's rate is the curriculum's at that step (its values checked by hand above)
+    assert [s["p"] for s in schedule] == [theseus.replacement_rate(t_, total) for t_ in range(total)]
+    assert schedule[0]["p"] == pytest.approx(0.3) and schedule[-1]["p"] == 1.0
     assert [s["replaced"] for s in schedule] == [sum(d[1]) for d in draws]
     frozen = {k: v for k, v in t.model.state_dict().items() if k in before and not k.startswith("backbone.encoder.")}
     assert frozen and all(torch.equal(v, before[k]) for k, v in frozen.items())  # embeddings, exit
@@ -198,16 +197,18 @@ def test_theseus_trains_the_successor_only_and_its_run(cache, monkeypatch):
     assert any(moved)
     assert schedule[-1]["p"] == 1.0 and all(s["replaced"] == 2 for s in schedule if s["p"] == 1.0)
     r = runs.run(cfg, progress=False)
-    assert set(r["score"]) == {"2"} and r["stage1_hash"] == cfg.stage1().hash
+    assert set(r.score) == {"2"} and r.extras["stage1_hash"] == cfg.stage1().hash
 
 
 def test_compression_settings_enter_only_their_runs_hashes(monkeypatch):
+    import dataclasses
     from acllib import config
     cfgs = {s: make_config("smoke", "rte", strategy=s, seed=1) for s in ("single", "2st", "headprune", "theseus")}
     hashes = {s: c.hash for s, c in cfgs.items()}
     for strategy, setting, value in (("theseus", "initial_rate", 0.1), ("headprune", "importance_examples", 64)):
         with monkeypatch.context() as m:
-            m.setitem(config.COMPRESSION_SETTINGS, strategy, {**config.COMPRESSION_SETTINGS[strategy], setting: value})
+            schema = config.STRATEGY_SCHEMAS[strategy]
+            m.setitem(config.STRATEGY_SCHEMAS, strategy, dataclasses.replace(schema, settings={**schema.settings, setting: value}))
             now = {s: c.hash for s, c in cfgs.items()}
         assert now[strategy] != hashes[strategy]
         assert {s: h for s, h in now.items() if s != strategy} == {s: h for s, h in hashes.items() if s != strategy}
@@ -216,21 +217,21 @@ def test_compression_settings_enter_only_their_runs_hashes(monkeypatch):
 def test_headprune_run(cache):
     cfg = make_config("smoke", "rte", strategy="headprune", seed=1)
     hp = runs.run(cfg, progress=False)
-    ratios = [p["flops_ratio"] for p in hp["path"]]
+    ratios = [p["flops_ratio"] for p in hp.extras["path"]]
     assert ratios[0] == 1.0 and all(a > b for a, b in zip(ratios, ratios[1:]))
     # the unpruned point is the CE model it starts from
-    assert hp["path"][0]["final"] == runs.load_result(cfg.stage1())["final"]
-    target = hp["target"]
-    assert target["flops_ratio"] <= hp["target_flops_ratio"] == pytest.approx(4.7 / 6.6, abs=0.01)
+    assert hp.extras["path"][0]["final"] == runs.load_result(cfg.stage1()).final
+    target = hp.extras["target"]
+    assert target["flops_ratio"] <= hp.extras["target_flops_ratio"] == pytest.approx(4.7 / 6.6, abs=0.01)
     assert sum(target["heads_per_layer"]) == 8 - target["heads_pruned"]
     # re-prune a fresh copy of the CE model along the stored order: the target is the first model
     # at or under the ratio, and it has the stored FLOPs
     model = runs.load_model(cfg.stage1())
     full = models.count_forward_flops(model, head_pruning.SEQ_LEN)
     k = target["heads_pruned"]
-    for layer, head in hp["order"][:k - 1]:
+    for layer, head in hp.extras["order"][:k - 1]:
         head_pruning.prune_heads(model.backbone, {layer: [head]})
-    assert models.count_forward_flops(model, head_pruning.SEQ_LEN) > hp["target_flops_ratio"] * full
-    head_pruning.prune_heads(model.backbone, {hp["order"][k - 1][0]: [hp["order"][k - 1][1]]})
+    assert models.count_forward_flops(model, head_pruning.SEQ_LEN) > hp.extras["target_flops_ratio"] * full
+    head_pruning.prune_heads(model.backbone, {hp.extras["order"][k - 1][0]: [hp.extras["order"][k - 1][1]]})
     assert models.count_forward_flops(model, head_pruning.SEQ_LEN) == pytest.approx(target["flops"])
     assert runs.load_result(cfg) is not None
