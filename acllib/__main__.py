@@ -33,7 +33,7 @@ def _print_result(result) -> None:
 def _plan(args) -> int:
     import pandas as pd
     from . import cost, plan
-    from .runs import load_result
+    from .results import load_result
     try:
         if not 0 < args.gpu_utilisation <= 1:
             raise ValueError(f"--gpu-utilisation must lie in (0, 1], got {args.gpu_utilisation!r}")
@@ -142,8 +142,8 @@ def _claims(args) -> int:
         if len(undrawn):
             print(forest.undrawn_text(undrawn))
     if args.planning_basis:
-        from .runs import _cpu_model, _git_commit
-        claims.write_planning_basis(table, args.profile, _git_commit(), _cpu_model())
+        from .results import cpu_model, git_commit
+        claims.write_planning_basis(table, args.profile, git_commit(), cpu_model())
         print("wrote acllib/planning_basis.json")
     return 0
 

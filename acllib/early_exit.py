@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import data as gdata
-from . import measurements, runs, train
+from . import measurements, results, runs, train
 from .models import MultiExitModel, counted_flops, encoder_layers, load_tokenizer
 from .stats import median_interval
 from .train import autocast, device, eval_batches, score
@@ -275,7 +275,7 @@ def evaluate_run(cfg, grid: dict | None = None, timing: bool = True, latency_exa
             "latency_examples": latency_examples, "batch_size": batch_size, "repeats": repeats, "threads": threads}
     return measurements.cached_json("early_exit", cfg.hash, args, MEASURING_CODE,
                                     lambda: _evaluate_run(cfg, grid, timing, latency_examples, batch_size, repeats, threads),
-                                    extra={"config": cfg.to_dict(), "hardware": runs.provenance(cfg)["device_name"]})
+                                    extra={"config": cfg.to_dict(), "hardware": results.provenance(cfg)["device_name"]})
 
 
 def _evaluate_run(cfg, grid, timing, latency_examples, batch_size, repeats, threads) -> list[dict]:

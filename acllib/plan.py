@@ -21,7 +21,7 @@ from .config import (LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TAB
                      get_profile, make_config, resolve_precision)
 from .data import has_split
 from .models import backbone_depth
-from .runs import _cpu_model, load_result
+from .results import cpu_model, load_result
 from .train import updates_per_epoch
 
 
@@ -349,5 +349,5 @@ def build_estimate(profile: str, chapters=None, step_s: float | None = None) -> 
     return {"profile": profile, "runs": int(total["runs"]), "to_run": int(total["runs"] - total["in the cache"]),
             "flops_to_run": float(total["PFLOPs to run"]) * 1e15, "hours": float(total["hours here, to run"]),
             "flops_per_s": flops_per_s, "overhead": notes["overhead"], "how": how,
-            "precision": resolve_precision("auto"), "cpu": _cpu_model()}
+            "precision": resolve_precision("auto"), "cpu": cpu_model()}
 

@@ -101,7 +101,7 @@ def load_result(cfg: RunConfig) -> RunResult | None:
 _REPORTED: set[tuple[str, int]] = set()
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store.REPO, capture_output=True,
                              text=True, timeout=10).stdout.strip()
@@ -112,7 +112,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -131,8 +131,8 @@ def provenance(cfg: RunConfig) -> dict:
     return {
         "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "datasets": datasets.__version__,
-        "numpy": numpy.__version__, "acllib_commit": _git_commit(),
-        "device": str(dev), "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else _cpu_model(),
+        "numpy": numpy.__version__, "acllib_commit": git_commit(),
+        "device": str(dev), "device_name": torch.cuda.get_device_name() if dev.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "precision": cfg.precision,
         "glue_source": gdata.glue_source(), "finished_at": datetime.datetime.now(datetime.UTC).isoformat(),
     }

@@ -16,8 +16,7 @@ from . import store, strategies, train
 from .config import RunConfig
 from .models import load_tokenizer
 # the run's files and results live one layer down; runs.load_result etc. are the executor's words too
-from .results import (RunResult, _cpu_model, _git_commit, load_result, make_result, model_path,  # noqa: F401
-                      provenance, result_path)
+from .results import RunResult, load_result, model_path, result_path
 
 
 def note_requested(cfgs) -> None:

@@ -271,8 +271,8 @@ def _precision() -> str:
 
 
 def _cpu() -> str:
-    from acllib.runs import _cpu_model
-    return _cpu_model()
+    from acllib.results import cpu_model
+    return cpu_model()
 
 
 def _commit() -> str:
