@@ -83,8 +83,10 @@ def _sweep(args) -> int:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         from . import cost
         from .sweep import sweep
-        print(cost.describe_estimate(plan.build_estimate(args.profile, args.chapters)), flush=True)
-        counts = sweep(args.profile, args.chapters, args.address, args.threads, args.workers, progress=not args.quiet)
+        estimate = plan.build_estimate(args.profile, args.chapters)
+        print(cost.describe_estimate(estimate), flush=True)
+        counts = sweep(args.profile, args.chapters, args.address, args.threads, args.workers, progress=not args.quiet,
+                       prior_flops_per_s=estimate["flops_per_s"] / estimate["overhead"])
     except (ValueError, OSError, RuntimeError, ConnectionError) as err:
         print("error: " + str(err).strip().splitlines()[0], file=sys.stderr)
         return 2

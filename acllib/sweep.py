@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tqdm import tqdm
+
 from . import plan, runs, store, strategies
 from .config import RunConfig
 from .cost import set_flops
@@ -197,15 +199,50 @@ def _join_environment(address: str) -> dict[str, str]:
     return env
 
 
+# How much the estimate printed before a sweep counts in its bar's ETA: as much as this many seconds
+# of the sweep's own progress (so the ETA starts at the estimate, weighs both equally at 10 minutes,
+# and follows the measured rate after that)
+PRIOR_WEIGHT_S = 600.0
+
+
+def eta_seconds(done: float, total: float, elapsed: float, prior_rate: float | None = None,
+                weight_s: float = PRIOR_WEIGHT_S) -> float | None:
+    """Seconds left for a sweep that has trained `done` of its `total` planned FLOPs in `elapsed`
+    seconds: the FLOPs left over the rate so far pooled with the estimate's rate (`prior_rate`,
+    FLOPs per second) as if that had been observed over `weight_s` seconds. Without an estimate, the
+    rate so far (None before the first run is back). Runs differ 100x in cost, so FLOPs, not runs."""
+    if prior_rate:
+        rate = (done + prior_rate * weight_s) / (elapsed + weight_s)
+    elif done > 0 and elapsed > 0:
+        rate = done / elapsed
+    else:
+        return None
+    return max(0.0, total - done) / rate
+
+
+def _sweep_bar(prior_rate: float | None, **kwargs):
+    """A tqdm bar over planned TFLOPs whose ETA is eta_seconds (the field {eta} of its format)."""
+
+    class SweepBar(tqdm):
+        @property
+        def format_dict(self):
+            d = super().format_dict
+            left = eta_seconds(d["n"], d["total"], d["elapsed"], prior_rate)
+            return {**d, "eta": "?" if left is None else tqdm.format_interval(left)}
+
+    return SweepBar(**kwargs)
+
+
 def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1, workers: int | None = None,
-          max_retries: int = 3, progress: bool = True, configs=None) -> dict:
+          max_retries: int = 3, progress: bool = True, configs=None, prior_flops_per_s: float | None = None) -> dict:
     """Run the plan's missing runs on Ray. address: "local" starts a Ray instance on this machine
     (bound to 127.0.0.1, `workers` CPUs, default all) and stops it after; "auto" or HOST:PORT joins a
     running cluster. Each run takes one GPU where the cluster has GPUs, `threads` CPUs otherwise.
     configs: run these instead of the plan's (the stage 1 of each 2st, headprune or theseus run among them or cached).
+    prior_flops_per_s: the training rate the printed estimate assumed (plan.build_estimate's
+    flops_per_s / overhead), which the bar's ETA starts from (eta_seconds).
     Returns counts: trained here, skipped (claimed by another sweep), failed."""
     import ray
-    from tqdm import tqdm
 
     todo = (missing_runs(profile, chapters) if configs is None
             else [c for c in configs if runs.load_result(c) is None])
@@ -259,13 +296,13 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         _release(c)
         held.pop(c.hash, None)
 
-    # The bar counts planned training FLOPs, so its ETA is the FLOPs left over the rate so far (runs
-    # differ in cost by 100x: a count of runs gives no ETA until many are done); runs in the postfix.
+    # The bar counts planned training FLOPs (runs differ in cost by 100x: a count of runs gives no
+    # ETA until many are done), its ETA from the estimate pooled with the rate so far (eta_seconds);
+    # runs in the postfix.
     tflops = {h: x["flops"] / 1e12 for h, x in set_flops(todo).items()}  # a 2st group's features once
-    # smoothing=0: the rate over the whole sweep, not the last few runs' (a 2st group's stage 2s come
-    # back seconds apart and swung the ETA by 4x)
-    bar = tqdm(total=sum(tflops.values()), desc="sweep", unit="TFLOP", disable=not progress, dynamic_ncols=True, smoothing=0,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}{postfix}]")
+    bar = _sweep_bar(None if prior_flops_per_s is None else prior_flops_per_s / 1e12,
+                     total=sum(tflops.values()), desc="sweep", unit="TFLOP", disable=not progress, dynamic_ncols=True,
+                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{eta}{postfix}]")
     done = {"runs": 0}
 
     def advance(cs) -> None:

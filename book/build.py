@@ -206,10 +206,13 @@ def _main(argv=None) -> int:
     runs_dir = store.cache_dir("runs")
     runs_before = len(list(runs_dir.glob("*.json")))
     speed = day_speed() if args.profile != "smoke" and args.only is None else None
+    prior = None  # the training rate the estimate assumes: the sweep bar's ETA starts from it
     if speed is not None:
         print(f"day_speed: {speed:.3f} s per CE step (cpu profile, RTE batch of 32)", flush=True)
         from acllib import cost, plan
-        print(cost.describe_estimate(plan.build_estimate(args.profile, step_s=speed)), flush=True)
+        estimate = plan.build_estimate(args.profile, step_s=speed)
+        print(cost.describe_estimate(estimate), flush=True)
+        prior = estimate["flops_per_s"] / estimate["overhead"]
     t_start = time.perf_counter()
     sweep_minutes = None
     if args.ray:
@@ -218,7 +221,7 @@ def _main(argv=None) -> int:
         chapters = None if args.only is None else [n for n in names if n in plan.CHAPTERS]
         if chapters != []:
             print(f"== the chapters' missing runs on Ray ({args.ray})", flush=True)
-            counts = sweep(args.profile, chapters, address=args.ray)
+            counts = sweep(args.profile, chapters, address=args.ray, prior_flops_per_s=prior)
             sweep_minutes = (time.perf_counter() - t_start) / 60
             print(f"   done in {sweep_minutes:.1f} min: {counts}", flush=True)
     for name in names:

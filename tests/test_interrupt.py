@@ -1,5 +1,6 @@
 """Issue #26: the cost of a build before it starts, and Ctrl-C anywhere: one line, status 130, no
 traceback, every finished run kept whole."""
+import io
 import json
 import os
 import signal
@@ -36,6 +37,25 @@ def test_the_estimate_is_the_plans_flops_over_the_measured_rate(tmp_path, monkey
     native = "bf16, native on this CPU" if e["precision"] == "bf16" else "fp32 (this CPU has no native bf16)"
     assert native in text[1] and "0.01 TFLOP/s from a rate given by hand" in text[1]
     assert "too long?" in text[2]  # over an hour: what to do about it
+
+
+def test_the_sweep_bars_eta_pools_the_estimate_with_the_rate_so_far():
+    """By hand: 100 TFLOPs planned, an estimate of 0.1 TFLOP/s (1000 s in all), worth 600 s of
+    observation. Nothing back yet: the estimate's 1000 s. After 300 s with 20 TFLOPs done: the rate
+    (20 + 0.1 x 600) / (300 + 600) = 0.0889, 80 left: 900 s. Without an estimate the rate so far,
+    80 / (20 / 300) = 1200 s, and no ETA before the first run is back."""
+    from acllib import sweep
+    assert sweep.eta_seconds(0, 100, 0, 0.1) == pytest.approx(1000)
+    assert sweep.eta_seconds(20, 100, 300, 0.1) == pytest.approx(900)
+    assert sweep.eta_seconds(20, 100, 300) == pytest.approx(1200)
+    assert sweep.eta_seconds(0, 100, 30) is None
+    assert sweep.eta_seconds(100, 100, 300, 0.1) == 0.0
+    out = io.StringIO()
+    bar = sweep._sweep_bar(0.1, total=100.0, file=out, bar_format="{n:.0f}/{total:.0f} [{elapsed}<{eta}]")
+    bar.start_t = bar._time() - 300  # as if it had run 300 s
+    bar.update(20)
+    assert str(bar) == "20/100 [05:00<15:00]"
+    bar.close()
 
 
 def _interrupt_when(cmd, env, ready, timeout=600):
