@@ -105,8 +105,10 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store.REPO, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "acllib"], cwd=store.REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # --no-optional-locks: status then never writes .git/index.lock, which two runs finishing at
+        # once (or one killed by the timeout) left behind, blocking the user's next git command
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "acllib"],
+                               cwd=store.REPO, capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

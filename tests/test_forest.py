@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from scipy.optimize import brentq  # noqa: E402
+from scipy.stats import pearsonr  # noqa: E402
 
 from acllib import claims, forest, stats  # noqa: E402
 
@@ -115,7 +117,12 @@ def test_variance_rows_of_the_claims_get_the_pitman_morgan_interval():
     c = claims.Claim("v", "CE+SCL is less stable", "01", "t", "variance", "", a="CE+SCL", b="CE")
     seeds, _, estimate = claims._variance_case(c, per_seed)
     e = estimate(seeds)
-    assert (e["lo"], e["hi"]) == pytest.approx(stats.variance_ratio_interval(a, b, 0.95))
+    # the ratios theta at which the Pitman-Morgan test (scipy's pearsonr of a/sqrt(theta) + b and
+    # a/sqrt(theta) - b) has p = 0.05, on either side of the sample ratio
+    f = a.var(ddof=1) / b.var(ddof=1)
+    p_at = lambda theta: pearsonr(a / np.sqrt(theta) + b, a / np.sqrt(theta) - b).pvalue - 0.05
+    assert e["lo"] == pytest.approx(brentq(p_at, f * 1e-4, f), rel=1e-6)
+    assert e["hi"] == pytest.approx(brentq(p_at, f, f * 1e4), rel=1e-6)
     assert e["lo"] < e["estimate"] < e["hi"] and e["reference"] == 1.0
 
 

@@ -78,6 +78,10 @@ def test_early_exit_runs_on_tiny_roberta(cache, kind):
     rows = early_exit.evaluate_run(cfg, timing=False)
     assert {r["rule"] for r in rows} >= {"none"}
     assert all(r["flops_fraction"] > 0.0 for r in rows) and rows[0]["flops_fraction"] == 1.0
+    none = rows[0]  # no early exiting: the run's own last-exit score
+    assert none["rule"] == "none" and none["score"] == pytest.approx(runs.load_result(cfg).score["4"])
+    # patience p exits after p + 1 agreeing exits at the earliest: its mean exit layer never below that
+    assert all(r["mean_exit_layer"] >= min(r["threshold"] + 1, 4) for r in rows if r["rule"] == "patience")
 
 
 @pytest.mark.parametrize("with_pooler", [False, True])

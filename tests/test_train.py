@@ -272,9 +272,16 @@ def test_stage2_with_kd_acl_cl_and_acl_grad_trains_an_epoch_in_fp32(cache):
     cfg = make_config("smoke", "mrpc", strategy="2st", precision="fp32", stage2_aux="acl-cl",
                       stage2_grad=True, stage2_kd=True, stage2_epochs=1)
     td, model = _setup(cfg)
+    before = _params(model)
     log, _ = train.train_stage2(cfg, model, td, progress=False)
     assert math.isfinite(log.epochs[0]["train_main_loss"])
     assert set(log.epochs[0]["eval"]["validation"]) == {"1", "2", "3"}
+    after = _params(model)
+    for name in before:  # the intermediate exits trained, in fp32; the backbone and last exit frozen
+        assert after[name].dtype == torch.float32
+        trained = name.startswith("exits.") and not name.startswith("exits.4.")
+        assert torch.equal(before[name], after[name]) != trained, name
+    assert len(log.angles) > 0 and all(math.isfinite(a["angle"]) or a["angle"] != a["angle"] for a in log.angles)
 
 
 def test_stage2_trains_each_exit_as_if_alone(cache, monkeypatch):
