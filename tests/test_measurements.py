@@ -2,13 +2,14 @@
 them: an edit to that code invalidates the cache (issue #25: an edit to the angle or the probe
 code served stale numbers before)."""
 import importlib
+import inspect
 import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from acllib import early_exit, measurements
+from acllib import early_exit, make_config, measurements, runs
 
 SOURCE = '''
 calls = []
@@ -62,7 +63,26 @@ def test_arrays_round_trip_and_key_by_arguments(module):
     assert calls == [1, 2]
 
 
-def test_the_early_exit_sweep_is_keyed_by_its_measuring_code():
-    """Every function the sweep's numbers pass through is in its code key."""
-    names = {f.__name__ for f in early_exit.MEASURING_CODE}
-    assert {"evaluate_rules", "simulate", "flop_table", "early_exit_flops", "time_settings"} <= names
+def test_the_early_exit_sweep_is_keyed_by_its_measuring_code(cache):
+    """Every function of acllib.early_exit that an early-exit measurement runs (traced while it runs,
+    timings included) lies inside the source of something in its code key: a function of the key,
+    a method of a class in it, or a function nested in one. An edit to any of them invalidates it."""
+    cfg = make_config("smoke", "rte", seed=1, strategy="2st", method="ce")
+    runs.run(cfg, progress=False)
+    spans = []
+    for obj in early_exit.MEASURING_CODE:
+        lines, first = inspect.getsourcelines(obj)
+        spans.append((first, first + len(lines) - 1))
+    called = set()
+
+    def trace(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == early_exit.__file__:
+            called.add((frame.f_code.co_name, frame.f_code.co_firstlineno))
+    sys.setprofile(trace)
+    try:
+        early_exit.evaluate_run(cfg, timing=True, latency_examples=8, repeats=1)
+    finally:
+        sys.setprofile(None)
+    assert {"evaluate_rules", "simulate", "flop_table", "early_exit_flops", "time_settings"} <= {n for n, _ in called}
+    outside = [(n, line) for n, line in called if not any(lo <= line <= hi for lo, hi in spans)]
+    assert not outside, f"early-exit measurements run code their key does not cover: {outside}"
