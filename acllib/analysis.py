@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -295,3 +296,24 @@ def paired_gains(per_seed, pairs, by=("backbone", "task", "size")):
                 rows.append({**dict(zip(by, key)), "difference": f"{a} − {b}", "pairs": r["n"], "mean": r["diff"],
                              "lo": r["lo"], "hi": r["hi"], "p": r["p"]})
     return pd.DataFrame(rows)
+
+
+def gate_telemetry(result: RunResult) -> pd.DataFrame:
+    """What ACL-Grad's gate saw and did over a run (issue #27), per epoch, from its angle log: the
+    angle between the aux and reference gradients (median and 10-90% band over steps and groups),
+    the share of group-steps whose aux term was dropped (lam used 0) or projected, and the norm
+    ratio |g_aux| / |g_ref| (median; nan in runs cached before it was logged)."""
+    log = pd.DataFrame(result.angles)
+    if log.empty:
+        return pd.DataFrame(columns=["epoch", "angle median", "angle q10", "angle q90", "share dropped",
+                                     "share projected", "norm ratio median", "steps"])
+    lam = result.config["lam"]
+    log["dropped"] = (log["lam"] == 0.0) & (lam != 0.0)
+    log["projected"] = log["projected"].astype(bool) if "projected" in log else False
+    if "norm_ratio" not in log:
+        log["norm_ratio"] = np.nan
+    g = log.groupby("epoch")
+    return pd.DataFrame({"angle median": g["angle"].median(), "angle q10": g["angle"].quantile(0.1),
+                         "angle q90": g["angle"].quantile(0.9), "share dropped": g["dropped"].mean(),
+                         "share projected": g["projected"].mean(), "norm ratio median": g["norm_ratio"].median(),
+                         "steps": g["step"].nunique()}).reset_index()

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis, early_exit, paper, plan, runs, train
-from .config import RunConfig, get_profile
+from .config import GATE_LABELS, RunConfig, get_profile
 from .results import RunResult
 from .data import get_task
 from .models import backbone_depth, load_tokenizer
@@ -32,6 +32,9 @@ COLUMNS = {
     "table1": ["row", "backbone", "task", "seed", "score", "run"],
     "layer_scores": ["method", "backbone", "task", "seed", "exit", "score", "run"],
     "table2": ["row", "task", "seed", "cross-layer average", "run"],
+    # beyond the paper (issue #27): ACL under each gate; score: the last exit's in full fine-tuning,
+    # the cross-layer average (as Table 2's) in stage 2
+    "gate_controls": ["stage", "gate", "task", "seed", "score", "run"],
     "table3": ["reading", "method", "task", "lambda", "seed", "cross-layer average", "run"],
     # the t-SNE chapter's exit: its score, how well its representations separate the classes
     # (silhouette, cosine), and how its label embeddings sit against the class centroids
@@ -143,14 +146,25 @@ def _layer_curves(col: _Collector, profile: str) -> dict[str, list[dict]]:
     return {"layer_scores": rows}
 
 
+# what a gate's run is scored by, per stage (the stages of config.GATE_STAGES)
+GATE_SCORES = {"full fine-tuning": analysis.score_of, "stage 2": analysis.cross_layer_average}
+
+
 def _table2(col: _Collector, profile: str) -> dict[str, list[dict]]:
-    rows = []
-    for (row, t, s), cfg in plan.table2(profile).part("row").items():
+    chapter = plan.table2(profile)
+    rows, gates = [], []
+    for (row, t, s), cfg in chapter.part("row").items():
         r = col.result("table2", cfg, f"Table 2 '{row}'")
         if r is not None:
             col.note_majority(cfg, r)
             rows.append({"row": row, "task": t, "seed": s, "cross-layer average": analysis.cross_layer_average(r), "run": cfg.hash})
-    return {"table2": rows}
+    for (stage, gate, t, s), cfg in chapter.part("gate").items():
+        r = col.result("gate_controls", cfg, f"ACL, {stage}, gate {gate!r}")
+        if r is not None:
+            col.note_majority(cfg, r)
+            gates.append({"stage": stage, "gate": GATE_LABELS[gate], "task": t, "seed": s,
+                          "score": GATE_SCORES[stage](r), "run": cfg.hash})
+    return {"table2": rows, "gate_controls": gates}
 
 
 def _table3(col: _Collector, profile: str) -> dict[str, list[dict]]:

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from . import claim_tables, paper, plan, stats, strategies
-from .config import TABLE2_ROWS, LAYER_CURVE_METHODS, get_profile, make_config
+from .config import GATE_LABELS, GATE_STAGES, TABLE2_ROWS, LAYER_CURVE_METHODS, get_profile, make_config
 
 ALPHA = stats.ALPHA
 DIDNT_LEARN = "inconclusive: a compared model did not learn"
@@ -51,7 +51,8 @@ UNDERPOWERED = "underpowered"
 VERDICT_ORDER = [stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, UNDERPOWERED, DIDNT_LEARN, NOT_RUN,
                  stats.NOT_TESTABLE]
 FAMILIES = {"primary": "primary: the abstract's takeaways", "secondary": "the paper's other claims",
-            "exploratory": "exploratory (ours)"}
+            "exploratory": "exploratory (ours)",
+            "gate": "beyond the paper: does ACL-Grad's conflict test matter? (ours)"}
 MARGIN_POINTS = 1.0  # "comparable" / "at least as high": 1 point of the task's metric (see Claim.margin_why)
 LAMBDA_MARGIN = 0.5  # the paper calls a 0.7-point range over lambda sensitive and 0.2 insensitive
 SHARE_MARGIN = 0.10  # "around 20%" of batches: within 10 percentage points
@@ -104,6 +105,9 @@ class Claim:
     # what is compared per seed is gain_of[0] - gain_of[1] (two values of `method`) at a against at b
     gain_of: tuple[str, str] | None = None
     per: str = ""             # a column whose every value is a case of its own (e.g. the training-set size)
+    # the planning basis row whose paired sd plans this claim where it has none of its own (a claim
+    # added after the basis was recorded), with why that spread is a fair stand-in
+    planning_row: str = ""
     not_testable_why: str = ""
 
 
@@ -305,6 +309,26 @@ def book_claims() -> list[Claim]:
     claims.append(Claim("fs-acl-atleast-scl", "ACL scores at least as high as CE+SCL in the few-shot regime", "08_few_shot",
                         "few_shot", "noninferiority", "not tested by the paper (full training sets only)", family="exploratory",
                         a="ACL", b="CE+SCL", margin=MARGIN_POINTS, margin_why=t1_margin, filter={"regime": "few-shot"}, per="size"))
+    # ---- beyond the paper (issue #27): ACL-Grad's rule against a random gate at its own rate and
+    # against PCGrad's projection, in both stages it acts in; a family of their own
+    # Planned (no basis of their own) by the spread of a comparison of the same kind of runs: full
+    # fine-tunes by ACL - CE's (1.66 points at the cpu profile: runs that differ in a few steps
+    # diverge as far as runs of different objectives), stage 2 by ACL's exits against 2ST-MHA+KD's
+    # (different stage 1s, so at least the spread of stage-2 variants on one).
+    plans = {"full fine-tuning": "p-atleast-CE", "stage 2": "p-exits-2ST-MHA+KD"}
+    for stage in GATE_STAGES:
+        where = "in full fine-tuning" if stage == "full fine-tuning" else "in stage 2 (cross-layer average)"
+        tag = "full" if stage == "full fine-tuning" else "stage2"
+        claims.append(Claim(f"gate-random-{tag}", f"ACL-Grad's angle test beats a random gate that drops the aux term as often, {where}",
+                            "04_table2_ablation", "gate_controls", "difference",
+                            "not tested by the paper: Eq. 4 drops the aux term on conflict; is it the conflict test or less aux loss?",
+                            family="gate", a=GATE_LABELS["angle"], b=GATE_LABELS["random"], key="gate", filter={"stage": stage},
+                            margin_why=f"no number in the paper: powered for {SMALLEST_EFFECT:g} point", planning_row=plans[stage]))
+        claims.append(Claim(f"gate-project-{tag}", f"PCGrad's projection scores at least as high as Eq. 4's drop, {where}",
+                            "04_table2_ablation", "gate_controls", "noninferiority",
+                            "not tested by the paper: gradient surgery (Yu et al. 2020) is the natural alternative to dropping",
+                            family="gate", a=GATE_LABELS["project"], b=GATE_LABELS["angle"], key="gate", filter={"stage": stage},
+                            margin=MARGIN_POINTS, margin_why=t1_margin, planning_row=plans[stage]))
     return claims
 
 
@@ -706,6 +730,12 @@ def planning_basis() -> dict:
     return __import__("json").loads(path.read_text()) if path.is_file() else {"rows": {}}
 
 
+def planning_sd(c: Claim, label: str, rows: dict) -> float:
+    """The paired sd that plans a claim row: its own in the planning basis, else its planning_row's."""
+    own = rows.get(f"{c.id}|{label}") or rows.get(f"{c.planning_row}|{label}") or {}
+    return own.get("sd", np.nan)
+
+
 def effect_of_interest(c: Claim, kind: str, backbone, task) -> float:
     """The effect a row is powered for, in the claim's direction: the paper's own effect where it
     gives one on the claim's side, else SMALLEST_EFFECT (a tenth of it for shares); for a
@@ -819,8 +849,7 @@ def judge(profile: str, tables: claim_tables.Tables | None = None, claims: list[
         verdict = v["verdict"]
         m = sizes[c.family]
         level = alpha / max(m, 1)  # the planning level: Holm's first step (Bonferroni)
-        b = basis.get(f"{c.id}|{case.label}", {})
-        sd = b.get("sd", np.nan)
+        sd = planning_sd(c, case.label, basis)
         power, need = row_power(c, case.kind, case.backbone, case.task, sd, len(case.seeds), level) \
             if not case.status else (np.nan, np.nan)
         if case.status:
@@ -919,7 +948,7 @@ def power_plan(profile: str, family: str = "primary", alpha: float = ALPHA) -> p
             kind = _kind_on(c, backbone, task)
             seeds = len(_row_seeds(profile, c))
             rows.append({"id": c.id, "task": label, "kind": kind, "why": PRIMARY_WHY.get(c.id, ""),
-                         "planning sd": basis.get("rows", {}).get(f"{c.id}|{label}", {}).get("sd", np.nan),
+                         "planning sd": planning_sd(c, label, basis.get("rows", {})),
                          "effect of interest": effect_of_interest(c, kind, backbone, task), "seeds": seeds})
     out = pd.DataFrame(rows)
     level = alpha / max(len(out), 1)

@@ -65,10 +65,17 @@ TRAIN_SUBSETS = ("fixed", "balanced-per-seed")
 TRAIN_POOLS = ("train", "validation-half")
 # Fields added after results were cached: left out of the hash at their default, so that every run
 # made before them keeps its name.
-_HASH_OMITS_DEFAULT = {"train_subset": "fixed", "train_pool": "train"}
+_HASH_OMITS_DEFAULT = {"train_subset": "fixed", "train_pool": "train", "gate": "angle"}
 # What stage 2's ACL-Grad measures the aux gradient's angle against: the exit's CE (Eq. 4: "g_ACL
 # and g_CE") or its whole main loss, CE + KD.
 STAGE2_GRAD_REFS = ("ce", "ce+kd")
+# What ACL-Grad does with a parameter group's auxiliary gradient (acllib/acl_grad.py, Gate): "angle",
+# Eq. 4 (drop it when its angle with CE's exceeds angle_threshold); "random", drop it with the
+# probability at which the same run under Eq. 4 dropped it (its logged share, per group and seed: a
+# control with the same expected weight and no conflict test); "project", PCGrad's surgery (Yu et
+# al. 2020): keep it, minus its component along CE's gradient when the angle exceeds the threshold.
+# Beyond the paper (issue #27). The stage it acts in: full fine-tuning's, or stage 2's for 2st.
+GATES = ("angle", "random", "project")
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class RunConfig:
     aux_weighting: str = "convex"
     tau: float = 0.5
     angle_threshold: float = 90.0
+    gate: str = "angle"        # GATES: Eq. 4, or a control of it (ACL-Grad's stage only)
     kd_temperature: float = 1.0
     log_angles: bool = False   # log the CE/aux angle on every step even without ACL-Grad (costs a backward)
     d_e: int = 64
@@ -143,8 +151,14 @@ class RunConfig:
 
     def stage1(self) -> "RunConfig":
         """The full fine-tuning run a 2st run's stage 1 is (shared by all its stage-2 variants), or
-        the one a headprune or theseus run compresses."""
-        return _normalize(replace(self, strategy="single", log_angles=False))
+        the one a headprune or theseus run compresses. (Its gate is Eq. 4's: a 2st run's gate is
+        its stage 2's.)"""
+        return _normalize(replace(self, strategy="single", log_angles=False, gate="angle"))
+
+    def gate_pair(self) -> "RunConfig | None":
+        """The run whose logged drop share a random gate matches: this one under Eq. 4 (the same
+        seed, data and stage 1); None for other gates. The executor runs it first."""
+        return _normalize(replace(self, gate="angle")) if self.gate == "random" else None
 
 
 _STAGE2_FIELDS = ("stage2_kd", "stage2_aux", "stage2_grad", "stage2_grad_ref", "stage2_lr", "stage2_epochs",
@@ -167,6 +181,8 @@ def _normalize(cfg: RunConfig) -> RunConfig:
             cfg = replace(cfg, kd_temperature=default.kd_temperature)
     if not cfg.acl_grad and not cfg.stage2_grad:
         cfg = replace(cfg, angle_threshold=default.angle_threshold)
+    if not (cfg.stage2_grad if cfg.schema.stage2 else cfg.acl_grad):  # no ACL-Grad in the stage a gate acts in
+        cfg = replace(cfg, gate=default.gate)
     if cfg.exit != "mha":
         cfg = replace(cfg, d_e=default.d_e, heads=default.heads)
     if cfg.batch_size is not None:
@@ -190,6 +206,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         (cfg.stage2_aux in STAGE2_AUX, f"unknown stage2_aux {cfg.stage2_aux!r}; choose one of {', '.join(STAGE2_AUX)}"),
         (cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}"),
         (cfg.aux_weighting in AUX_WEIGHTINGS, f"unknown aux_weighting {cfg.aux_weighting!r}; choose one of {', '.join(AUX_WEIGHTINGS)}"),
+        (cfg.gate in GATES, f"unknown gate {cfg.gate!r}; choose one of {', '.join(GATES)}"),
+        (cfg.gate == "angle" or (cfg.stage2_grad if schema.stage2 else cfg.method in METHODS and cfg.acl_grad),
+         f"gate {cfg.gate!r} replaces ACL-Grad's rule, which this run does not use: "
+         + ("set stage2_grad" if schema.stage2 else "use method 'acl'")),
         (cfg.stage2_grad_ref in STAGE2_GRAD_REFS, f"unknown stage2_grad_ref {cfg.stage2_grad_ref!r}; choose one of {', '.join(STAGE2_GRAD_REFS)}"),
         (cfg.batches in BATCH_ORDERS, f"unknown batches {cfg.batches!r}; choose one of {', '.join(BATCH_ORDERS)}"),
         (cfg.train_subset in TRAIN_SUBSETS, f"unknown train_subset {cfg.train_subset!r}; choose one of {', '.join(TRAIN_SUBSETS)}"),
@@ -235,6 +255,11 @@ TABLE2_ROWS = {
     "- CE+SCL": dict(method="ce", stage2_kd=True, stage2_aux="scl", stage2_grad=False),
     "- 2ST": dict(method="ce", stage2_kd=True, stage2_aux="none", stage2_grad=False),
 }
+
+# Beyond the paper (issue #27): ACL with each gate (GATES) in the two stages ACL-Grad acts in, full
+# fine-tuning (Table 1's ACL) and stage 2 (Table 2's ACL row); under gate "angle" they are those runs.
+GATE_STAGES = {"full fine-tuning": dict(method="acl"), "stage 2": dict(strategy="2st", **TABLE2_ROWS["ACL"])}
+GATE_LABELS = {"angle": "Eq. 4", "random": "random gate", "project": "projection"}
 
 # Table 3 (sec. 5.8): the two methods of the λ sweep, 2ST with λ (and its reading) in both stages
 TABLE3_METHODS = {"CE+SCL": dict(method="ce+scl", stage2_kd=True, stage2_aux="scl"), "ACL": TABLE2_ROWS["ACL"]}

@@ -111,11 +111,18 @@ def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch
 
     nan for a group where either gradient is exactly zero (no direction, so no conflict to detect).
     """
+    return [angle_from_dots(*row) for row in group_dots(grads_a, grads_b, sizes)]
+
+
+def group_dots(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None],
+               sizes: Sequence[int]) -> list[tuple[float, float, float]]:
+    """(a.b, |a|^2, |b|^2) of two gradients within each group (as group_angles): what an angle, a
+    norm ratio and PCGrad's projection (acl_grad.Gate) are computed from."""
     if sum(sizes) != len(grads_a):
         raise ValueError(f"group sizes {list(sizes)} do not add up to {len(grads_a)} gradients")
     present = [g for g in (*grads_a, *grads_b) if g is not None]
     if not present:
-        return [float("nan")] * len(sizes)
+        return [(0.0, 0.0, 0.0)] * len(sizes)
     # Per-tensor dot products, no full-size temporaries (the naive a * b and a ** 2 over MiniLM's
     # 22.7M parameters cost as much as a backward pass), summed in float64 with one sync.
     zero = torch.zeros((), device=present[0].device)
@@ -126,13 +133,19 @@ def group_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch
     per_tensor = torch.stack([torch.stack([dot(a, b), dot(a, a), dot(b, b)])
                               for a, b in zip(grads_a, grads_b, strict=True)]).double()  # [tensors, 3]
     sums = torch.stack([s.sum(0) for s in per_tensor.split(list(sizes))])
-    return [_angle(*row) for row in sums.tolist()]
+    return [tuple(row) for row in sums.tolist()]
 
 
 def stacked_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None],
                    groups: int) -> list[float]:
     """group_angles for stacked gradients: tensors [groups, ...] whose slice g belongs to group g
     (the gradients of stack_exit_params' stacks, one group per exit); one angle per group."""
+    return [angle_from_dots(*row) for row in stacked_dots(grads_a, grads_b, groups)]
+
+
+def stacked_dots(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[torch.Tensor | None],
+                 groups: int) -> list[tuple[float, float, float]]:
+    """group_dots for stacked gradients (as stacked_angles): (a.b, |a|^2, |b|^2) per group."""
     stats = []
     for a, b in zip(grads_a, grads_b, strict=True):
         if a is None and b is None:
@@ -142,11 +155,11 @@ def stacked_angles(grads_a: Sequence[torch.Tensor | None], grads_b: Sequence[tor
         a, b = a.reshape(groups, -1), b.reshape(groups, -1)
         stats.append(torch.stack([(a * b).sum(1), (a * a).sum(1), (b * b).sum(1)], 1).double())
     if not stats:
-        return [float("nan")] * groups
-    return [_angle(*row) for row in torch.stack(stats).sum(0).tolist()]  # [groups, 3]: dot, |a|^2, |b|^2
+        return [(0.0, 0.0, 0.0)] * groups
+    return [tuple(row) for row in torch.stack(stats).sum(0).tolist()]  # [groups, 3]: dot, |a|^2, |b|^2
 
 
-def _angle(dot: float, sq_a: float, sq_b: float) -> float:
+def angle_from_dots(dot: float, sq_a: float, sq_b: float) -> float:
     """Degrees from a dot product and squared norms; nan when either vector is exactly zero."""
     if sq_a == 0.0 or sq_b == 0.0:
         return float("nan")

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import cost, paper, strategies
-from .config import (LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TABLE3_METHODS, RunConfig,
-                     get_profile, make_config, resolve_precision)
+from .config import (GATE_STAGES, GATES, LAYER_CURVE_METHODS, LAYER_CURVE_VARIANTS, TABLE2_ROWS, TABLE3_METHODS,
+                     RunConfig, get_profile, make_config, resolve_precision)
 from .data import has_split
 from .models import backbone_depth
 from .results import cpu_model, load_result
@@ -158,7 +158,8 @@ def layer_curves(profile: str, tasks=None, seeds=None, backbones=None, overrides
 
 
 def table2(profile: str, tasks=None, seeds=None, backbones=None, overrides=None) -> ChapterPlan:
-    """Table 2's ablation rows, and ACL-Grad's reference (the exit's CE, or CE + KD) for the rows that use it."""
+    """Table 2's ablation rows, ACL-Grad's reference (the exit's CE, or CE + KD) for the rows that use
+    it, and (beyond the paper, issue #27) ACL under each gate in full fine-tuning and in stage 2."""
     prof = get_profile(profile)
     tasks = tasks or prof.chapters.get("table2", {}).get("tasks") or [t for t in ("mrpc", "rte", "sst2") if t in prof.tasks]
     (b,), tasks, seeds = _common(profile, "table2", tasks, seeds, backbones, overrides=overrides)
@@ -168,6 +169,8 @@ def table2(profile: str, tasks=None, seeds=None, backbones=None, overrides=None)
     grad_rows = [row for row, f in TABLE2_ROWS.items() if f.get("stage2_grad")]
     runs |= {("grad-ref", row, ref, t, s): make_config(profile, t, seed=s, strategy="2st", stage2_grad_ref=ref, **{**TABLE2_ROWS[row], **o})
              for row in grad_rows for ref in ("ce", "ce+kd") for t in tasks for s in seeds}
+    runs |= {("gate", stage, gate, t, s): make_config(profile, t, seed=s, gate=gate, **{**f, **o})
+             for stage, f in GATE_STAGES.items() for gate in GATES for t in tasks for s in seeds}
     return ChapterPlan("04_table2_ablation", profile, [b], tasks, seeds, runs, {"grad_rows": grad_rows})
 
 
@@ -272,12 +275,14 @@ def chapter_names(chapters=None) -> list[str]:
 
 
 def with_stage1(cfgs) -> list[RunConfig]:
-    """The configs and the stage-1 runs their 2st, headprune and theseus configs start from (each
-    once, stage 1 first)."""
+    """The configs and the stage-1 runs their 2st, headprune and theseus configs start from, and the
+    Eq. 4 pairs their random gates read (each once, what a run needs before it)."""
     out: dict[str, RunConfig] = {}
     for c in cfgs:
         if strategies.get(c.strategy).needs_stage1:
             out.setdefault(c.stage1().hash, c.stage1())
+        if c.gate_pair() is not None:
+            out.setdefault(c.gate_pair().hash, c.gate_pair())
         out.setdefault(c.hash, c)
     return list(out.values())
 

@@ -19,9 +19,11 @@ METHOD_COLORS = {
     "2ST-MHA+KD": _MORE[0], "paper": (0.2, 0.2, 0.2),
     # Table 1's half-depth and compressed models
     "direct": _BRIGHT[9], "head pruning": _BRIGHT[3], "BERT-of-Theseus": _BRIGHT[4],
+    # ACL-Grad's gates (issue #27): Eq. 4 is ACL itself; its two controls
+    "random gate": _MORE[1], "projection": _MORE[4],
 }
 TWINS = {"JT-MHA": "JT", "ALT-MHA": "ALT", "2ST-linear ([CLS], no pooler)": "2ST-linear",
-         "2ST-linear (mean pooling)": "2ST-linear", "ACL-CL": "ACL"}
+         "2ST-linear (mean pooling)": "2ST-linear", "ACL-CL": "ACL", "Eq. 4": "ACL"}
 METHOD_COLORS.update({twin: METHOD_COLORS[of] for twin, of in TWINS.items()})
 # A method's MHA-exit twin keeps its colour and is dashed; everything else solid ("" = solid).
 METHOD_DASHES = {m: ((4, 2) if m.endswith("-MHA") and m not in ("2ST-MHA",) else "") for m in METHOD_COLORS}

@@ -43,6 +43,8 @@ def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> RunResult
     strategy = strategies.get(cfg.strategy)
     if strategy.shares_stage1:
         return run_group([cfg], progress, force)[0]
+    if cfg.gate_pair() is not None:  # a random gate reads the drop share of its Eq. 4 pair
+        run(cfg.gate_pair(), progress)
     stage1 = None
     if strategy.needs_stage1:  # its stage 1's trained model and task data
         base = cfg.stage1()
@@ -82,6 +84,9 @@ def group_each(cfgs: list[RunConfig], progress: bool = True, force: bool = False
     if not strategy.shares_stage1 or any(c.strategy != cfgs[0].strategy or c.stage1() != stage1 for c in cfgs):
         raise ValueError("a group takes runs of one strategy whose runs share a stage 1, all of one stage 1")
     todo = [c for c in cfgs if force or load_result(c) is None]
+    # a random gate's Eq. 4 pair (same stage 1) trains before it, in this group if it has not run
+    pairs = [p for c in todo if (p := c.gate_pair()) is not None and load_result(p) is None]
+    todo = sorted(dict.fromkeys(pairs + todo), key=lambda c: c.gate == "random")
     if todo:
         if not model_path(stage1).exists() or load_result(stage1) is None:
             run(stage1, progress, force=True)

@@ -39,10 +39,12 @@ def _put_files(cfg: RunConfig, files: dict[str, bytes]) -> None:
     store._atomic(runs.result_path(cfg), lambda tmp: Path(tmp).write_bytes(files["result"]))
 
 
-def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, threads: int):
+def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, threads: int,
+            pair_files: list[tuple[dict, dict[str, bytes]]] | None = None):
     """One task, in a worker (a Ray generator task): a run, or 2st runs sharing one stage 1 (trained
     together, as runs.run_group shares the frozen backbone's features), in a private cache.
-    Yields (hash, files) for each run as it finishes, so the driver writes it at once and an
+    stage1_files: its stage 1's files; pair_files: (config, files) of the Eq. 4 runs its random
+    gates read. Yields (hash, files) for each run as it finishes, so the driver writes it at once and an
     interrupted or failed group keeps its finished runs; nothing is left on the worker."""
     import torch
     torch.set_num_threads(threads)
@@ -53,6 +55,8 @@ def execute(cfg_dicts: list[dict], stage1_files: dict[str, bytes] | None, thread
         try:
             if stage1_files is not None:
                 _put_files(cfgs[0].stage1(), stage1_files)
+            for d, files in pair_files or []:
+                _put_files(RunConfig(**d), files)
             if strategies.get(cfgs[0].strategy).shares_stage1:
                 for c in runs.group_each(cfgs, progress=False):
                     yield c.hash, _run_files(c)
@@ -315,22 +319,27 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
         gpus = ray.cluster_resources().get("GPU", 0)
         per_run = {"num_gpus": 1} if gpus else {"num_cpus": threads}
         task = ray.remote(execute).options(max_retries=max_retries, **per_run)
-        # Tasks: each run, but 2st runs grouped by their stage 1; a run that starts from a stage 1
-        # (2st, headprune, theseus) is submitted once its stage 1 is in the cache.
+        # Tasks: each run, but 2st runs grouped by their stage 1; a task is submitted once what its
+        # runs need is in the cache: the stage 1 they start from (2st, headprune, theseus), the Eq. 4
+        # pair a random gate reads (a 2st group trains a pair among its own runs first itself).
         groups: dict[str, list[RunConfig]] = {}
         for c in todo:
             if strategies.get(c.strategy).shares_stage1:
                 groups.setdefault(c.stage1().hash, []).append(c)
-        after = {c.hash for c in todo if strategies.get(c.strategy).needs_stage1}
-        ready: list[list[RunConfig]] = [[c] for c in todo if c.hash not in after]
-        waiting = list(groups.values()) + [[c] for c in todo if c.hash in after and not strategies.get(c.strategy).shares_stage1]
+        ready: list[list[RunConfig]] = []
+        waiting = [[c] for c in todo if not strategies.get(c.strategy).shares_stage1] + list(groups.values())
+
+        def needs(unit: list[RunConfig]) -> list[RunConfig]:
+            own = {c.hash for c in unit}
+            stage1 = [unit[0].stage1()] if strategies.get(unit[0].strategy).needs_stage1 else []
+            return stage1 + [p for c in unit if (p := c.gate_pair()) is not None and p.hash not in own]
 
         def release_waiting() -> None:
-            for unit in [u for u in waiting if runs.load_result(u[0].stage1()) is not None]:
+            for unit in [u for u in waiting if all(runs.load_result(n) is not None for n in needs(u))]:
                 waiting.remove(unit)
                 ready.append(unit)
 
-        failed1: set[str] = set()  # stage 1s that failed: the runs that start from them cannot run
+        failed1: set[str] = set()  # runs that failed: the runs that need them cannot run
         release_waiting()
         while ready or pending or waiting:
             for unit in ready:
@@ -342,14 +351,16 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                 advance([c for c in unit if c not in mine])
                 if not mine:
                     continue
-                files1 = _run_files(mine[0].stage1()) if mine[0].hash in after else None
-                pending[task.remote([c.to_dict() for c in mine], files1, threads)] = {c.hash: c for c in mine}
+                needs1 = strategies.get(mine[0].strategy).needs_stage1
+                files1 = _run_files(mine[0].stage1()) if needs1 else None
+                pairs = [(n.to_dict(), {"result": runs.result_path(n).read_bytes()}) for n in needs(mine)[int(needs1):]]
+                pending[task.remote([c.to_dict() for c in mine], files1, threads, pairs)] = {c.hash: c for c in mine}
             ready = []
             if not pending:
                 release_waiting()
                 if not ready:  # their stage 1s failed here, or are held by another sweep: leave them
                     for g in waiting:
-                        counts["failed" if g[0].stage1().hash in failed1 else "skipped"] += len(g)
+                        counts["failed" if any(n.hash in failed1 for n in needs(g)) else "skipped"] += len(g)
                         advance(g)
                     break
                 continue
@@ -381,7 +392,7 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                     continue
                 if left:  # the task ended (or failed) without sending these: they failed
                     counts["failed"] += len(left)
-                    failed1.update(h for h in left if h not in after)
+                    failed1.update(left)
                     print(f"run {next(iter(left))}{f' and {len(left) - 1} more of its group' if len(left) > 1 else ''} "
                           f"failed: {why}", file=sys.stderr)
                     for c in list(left.values()):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import data as gdata
 from . import metrics
 from .config import RunConfig
-from .acl_grad import Loss, backward
+from .acl_grad import Gate, Loss, backward
 from .losses import acl_cross_layer_loss, acl_embed_loss, kd_loss, supcon_loss
 from .models import MultiExitModel, exits_forward, reference, stack_exit_params, stackable
 
@@ -148,6 +148,7 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
     updates = updates_per_epoch(cfg, n_train)
     opt, sched = make_optimizer(named_params, lr, cfg.weight_decay, epochs * updates, cfg.warmup_ratio)
     rng = np.random.default_rng(cfg.seed)
+    gate = Gate.for_run(cfg) if acl_grad else None  # Eq. 4, or the run's control of it (config.GATES)
     log = FitLog()
     step = 0
     for epoch in range(1, epochs + 1):
@@ -164,9 +165,10 @@ def fit(cfg: RunConfig, *, named_params, n_train: int, get_batch, objective, set
                 batch = get_batch(chunk)
                 with autocast(cfg.precision):
                     loss = objective(batch, epoch)
-                for angle, lam in backward(loss, params, acl_grad, cfg.angle_threshold, log_angles,
-                                           scale=len(chunk) / len(idx)):
-                    log.angles.append({"epoch": epoch, "step": step, "angle": angle, "lam": lam})
+                for d in backward(loss, params, acl_grad, cfg.angle_threshold, log_angles,
+                                  scale=len(chunk) / len(idx), gate=gate):
+                    log.angles.append({"epoch": epoch, "step": step, "angle": d.angle, "lam": d.lam,
+                                       "norm_ratio": d.norm_ratio, **({"projected": d.projected} if cfg.gate == "project" else {})})
                 losses.append(float(loss.main.detach()))
             clip_grad_norms_(clip_groups, MAX_GRAD_NORM)
             opt.step()

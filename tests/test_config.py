@@ -1,9 +1,12 @@
 """Configs, profiles and bad input: every mistake gets one clear line naming the bad value."""
 
+import hashlib
+import json
+
 import pytest
 
 from acllib import data, make_config
-from acllib.config import RunConfig, native_bf16
+from acllib.config import RESULTS_VERSION, RunConfig, native_bf16
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -22,6 +25,10 @@ from acllib.config import RunConfig, native_bf16
     (dict(strategy="direct"), "strategy 'direct' needs depth >= 1"),
     (dict(colour="red"), "unknown config field 'colour'"),
     (dict(epochs="three"), "field 'epochs' takes a int, got 'three'"),
+    (dict(method="acl", gate="coin"), "unknown gate 'coin'; choose one of angle, random, project"),
+    (dict(method="ce+scl", gate="random"), "gate 'random' replaces ACL-Grad's rule, which this run does not use: use method 'acl'"),
+    (dict(strategy="2st", method="acl", stage2_aux="acl-cl", gate="project"),
+     "gate 'project' replaces ACL-Grad's rule, which this run does not use: set stage2_grad"),
 ])
 def test_bad_config_is_one_clear_error(kwargs, message):
     kwargs = {"profile": "smoke", "task": "rte", **kwargs}
@@ -175,3 +182,18 @@ def test_bf16_slowdown_is_measured_against_fp32(monkeypatch):
                   30, 33, 40, 49, 50, 56])   # bf16: 3, 9, 6 s -> median 6
     monkeypatch.setattr(time, "perf_counter", lambda: next(ticks))
     assert config.bf16_slowdown(n=8, repeats=3) == 3.0
+
+
+def test_a_gate_is_its_stages_own():
+    """A 2st run's gate is its stage 2's: its stage 1 is the Eq. 4 run Table 1 and every other
+    variant share; a random gate's pair is the same run under Eq. 4 (None for the other gates);
+    the default gate leaves every earlier run's hash as it was (the field is omitted at its default)."""
+    acl = make_config("smoke", "rte", method="acl", seed=2)
+    s2 = dict(strategy="2st", method="acl", stage2_kd=True, stage2_aux="acl-cl", stage2_grad=True, seed=2)
+    random2 = make_config("smoke", "rte", gate="random", **s2)
+    assert random2.stage1() == acl and random2.gate_pair() == make_config("smoke", "rte", **s2)
+    assert make_config("smoke", "rte", method="acl", gate="random", seed=2).gate_pair() == acl
+    assert make_config("smoke", "rte", method="acl", gate="project", seed=2).gate_pair() is None
+    assert len({make_config("smoke", "rte", method="acl", gate=g, seed=2).hash for g in ("angle", "random", "project")}) == 3
+    legacy = {k: v for k, v in acl.to_dict().items() if k not in ("gate", "train_subset", "train_pool")}
+    assert acl.hash == hashlib.sha256(json.dumps({**legacy, "results_version": RESULTS_VERSION}, sort_keys=True).encode()).hexdigest()[:16]

@@ -21,6 +21,12 @@ def test_chapters_runs_at_smoke():
     assert len(lc.part("variant")) == 2  # 2 linear-exit variants x seed 1
     t2 = plan.table2("smoke")
     assert len(t2.part("row")) == 24  # Table 2's 6 rows x 2 tasks x 2 seeds
+    gates = t2.part("gate")
+    assert len(gates) == 24  # 2 stages x 3 gates x 2 tasks x 2 seeds
+    # under Eq. 4 they are Table 1's ACL runs and Table 2's ACL row; a random gate's pair is one of them
+    eq4 = {c.hash for k, c in gates.items() if k[1] == "angle"}
+    assert eq4 == {c.hash for k, c in p.runs.items() if k[1] == "ACL"} | {c.hash for k, c in t2.part("row").items() if k[0] == "ACL"}
+    assert {c.gate_pair().hash for k, c in gates.items() if k[1] == "random"} == eq4
     t3 = plan.table3("smoke", lambdas=[0.1, 1], convex_lambdas=[1])
     assert t3.extra["readings"] == {"additive": [0.1, 1.0], "convex": [1.0]}
     assert {k[0] for k in t3.part("sweep")} == {"additive", "convex"}
@@ -40,6 +46,8 @@ def test_a_run_many_chapters_share_counts_once():
         for c in cfgs:
             if c.strategy in ("2st", "headprune", "theseus"):
                 assert c.stage1().hash in seen or any(c.stage1().hash in {x.hash for x in o} for o in whole.values())
+            if c.gate == "random":  # and a random gate's Eq. 4 pair
+                assert c.gate_pair().hash in seen or any(c.gate_pair().hash in {x.hash for x in o} for o in whole.values())
             seen.add(c.hash)
 
 

@@ -285,3 +285,23 @@ def test_a_local_sweep_starts_its_own_instance_whatever_cluster_ray_would_find(f
     group = [c for c in plan.book_plan("smoke", CHAPTER)["06_tsne"] if c.strategy == "single"][:1]
     counts = _sweep(configs=group)
     assert counts["trained"] == 1 and runs.load_result(group[0])
+
+
+def test_a_random_gate_is_sent_after_the_pair_it_reads(fresh_cache):
+    """Issue #27: a random gate's run waits for its Eq. 4 pair (a full fine-tune: sent once the pair
+    is back, with the pair's results; a stage 2: its group trains the pair first), and reads the
+    pair's drop share there as it would sequentially."""
+    from acllib import acl_grad
+    from acllib.config import TABLE2_ROWS, make_config
+    from acllib.sweep import sweep
+    r1 = make_config("smoke", "rte", method="acl", gate="random", seed=2)
+    r2 = make_config("smoke", "rte", strategy="2st", gate="random", seed=2, **TABLE2_ROWS["ACL"])
+    todo = plan.with_stage1([r1, r2])
+    assert [c.hash for c in todo] == [r1.gate_pair().hash, r1.hash, r2.gate_pair().hash, r2.hash]
+    counts = sweep("smoke", configs=todo, address="local", workers=2, threads=1, progress=False)
+    assert counts == {"planned_missing": 4, "trained": 4, "skipped": 0, "failed": 0}
+    for r, groups in ((r1, 1), (r2, 3)):
+        mine, pair = runs.load_result(r), runs.load_result(r.gate_pair())
+        shares = [sum(a["lam"] == 0.0 for a in pair.angles[g::groups]) / len(pair.angles[g::groups]) for g in range(groups)]
+        assert acl_grad.Gate.for_run(r)._rates(groups) == pytest.approx(shares)
+        assert [a["angle"] for a in mine.angles[:groups]] == [a["angle"] for a in pair.angles[:groups]]

@@ -49,7 +49,7 @@ def test_acl_grad_over_threshold_equals_ce_step(rte_batch):
     m_ce, m_acl = strategies.build_model(ce, 2), strategies.build_model(acl, 2)
     _one_step(ce, m_ce, rte_batch)
     measured = _one_step(acl, m_acl, rte_batch)
-    (angle, lam), = measured
+    (angle, lam, *_), = measured
     assert angle > 0.0 and lam == 0.0  # over the threshold: the ACL term is dropped
     p_ce, p_acl = _params(m_ce), _params(m_acl)
     assert all(torch.equal(p_ce[n], p_acl[n]) for n in p_ce)
@@ -66,7 +66,7 @@ def test_acl_grad_under_threshold_uses_weighted_sum(rte_batch):
     g_ce = torch.autograd.grad(loss.main, params, retain_graph=True, allow_unused=True)
     g_acl = torch.autograd.grad(loss.aux, params, retain_graph=True, allow_unused=True)
     ref = torch.autograd.grad(0.7 * loss.main + 0.3 * loss.aux, params, retain_graph=True, allow_unused=True)
-    (angle, lam), = acl_grad.backward(loss, params, True, 180.0, False)
+    (angle, lam, *_), = acl_grad.backward(loss, params, True, 180.0, False)
     assert lam == 0.3
     assert math.isclose(angle, angle_between(g_ce, g_acl), rel_tol=1e-9)
     for p, r in zip(params, ref):
@@ -381,8 +381,8 @@ def test_stacked_acl_grad_step_equals_the_per_parameter_one(cache, aux, monkeypa
         results.append((measured, [None if p.grad is None else p.grad.clone() for p in params],
                         [p.grad is None or p.grad.stride() == p.stride() for p in params]))
     (m_stacked, g_stacked, layout), (m_plain, g_plain, _) = results
-    assert [lam for _, lam in m_stacked] == [lam for _, lam in m_plain] == [0.0, 0.3, 1.0] * 2
-    assert [a for a, _ in m_stacked] == pytest.approx([a for a, _ in m_plain], abs=1e-3)
+    assert [lam for _, lam, *_ in m_stacked] == [lam for _, lam, *_ in m_plain] == [0.0, 0.3, 1.0] * 2
+    assert [a for a, *_ in m_stacked] == pytest.approx([a for a, *_ in m_plain], abs=1e-3)
     assert all(layout)
     names = [f"exit {m} {n}" for m in layers for n, _ in model.exit(m).named_parameters()]
     for name, a, b in zip(names, g_stacked, g_plain):
@@ -484,7 +484,7 @@ def test_additive_weighting_is_ce_plus_lam_aux(rte_batch, grad):
         w_aux = lam_used if grad else 1.0
         ref = torch.autograd.grad(loss.main + w_aux * loss.aux, params, retain_graph=True, allow_unused=True)
         measured = acl_grad.backward(loss, params, grad, cfg.angle_threshold, False)
-        assert [lam for _, lam in measured] == ([lam_used] if grad else [])
+        assert [lam for _, lam, *_ in measured] == ([lam_used] if grad else [])
         for p, r in zip(params, ref):
             if r is not None:
                 torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-5)
@@ -517,7 +517,7 @@ def test_stage2_acl_grad_measures_the_angle_against_ce_or_ce_plus_kd(cache, ref,
     want = [angle_between([g[e] for g in g_ref if g is not None], [g[e] for g in g_aux if g is not None])
             for e in range(len(layers))]
     measured = acl_grad.backward(loss, [p for g in groups for p in g], True, 180.0, False)
-    assert [a for a, _ in measured] == pytest.approx(want, rel=1e-6)
+    assert [a for a, *_ in measured] == pytest.approx(want, rel=1e-6)
 
 
 def test_few_shot_training_sets_are_balanced_per_seed_and_validation_halves_are_disjoint():
@@ -625,3 +625,24 @@ def test_the_fused_optimizer_equals_plain_adamw_and_every_gradient_reaches_it_in
     aux = torch.bmm(x, w).sum()
     acl_grad.backward(acl_grad.Loss(main, aux, lam=0.2), [w], True, 90.0, False)
     assert w.grad.stride() == w.stride()
+
+
+def test_a_random_gate_runs_its_pair_first_and_matches_its_drop_share(cache):
+    """Issue #27: the executor trains a random gate's Eq. 4 pair first (alone, and inside a 2st
+    group), the gate's rate is the pair's logged drop share per group, and only the gate differs:
+    the first step sees the pair's batch, initialisation and dropout (the same angle)."""
+    cfg = make_config("smoke", "rte", method="acl", gate="random", seed=1)
+    r = runs.run(cfg, progress=False)
+    pair = runs.load_result(cfg.gate_pair())
+    assert pair is not None and pair.config["gate"] == "angle"
+    share = float(np.mean([a["lam"] == 0.0 for a in pair.angles]))
+    assert acl_grad.Gate.for_run(cfg)._rates(1) == [share]
+    assert r.angles[0]["angle"] == pair.angles[0]["angle"]
+    s2 = dict(strategy="2st", method="acl", stage2_kd=True, stage2_aux="acl-cl", stage2_grad=True, seed=1)
+    random2 = make_config("smoke", "rte", gate="random", **s2)
+    r2 = runs.run_group([random2], progress=False)[0]
+    pair2 = runs.load_result(random2.gate_pair())
+    groups = len(r2.score) - 1  # every intermediate exit is a group
+    by_hand = [float(np.mean([a["lam"] == 0.0 for a in pair2.angles[g::groups]])) for g in range(groups)]
+    assert acl_grad.Gate.for_run(random2)._rates(groups) == by_hand
+    assert [a["angle"] for a in r2.angles[:groups]] == [a["angle"] for a in pair2.angles[:groups]]
