@@ -27,6 +27,10 @@ def test_chapters_runs_at_smoke():
     eq4 = {c.hash for k, c in gates.items() if k[1] == "angle"}
     assert eq4 == {c.hash for k, c in p.runs.items() if k[1] == "ACL"} | {c.hash for k, c in t2.part("row").items() if k[0] == "ACL"}
     assert {c.gate_pair().hash for k, c in gates.items() if k[1] == "random"} == eq4
+    # the cpu profile runs the full fine-tuning controls on seeds 1-4, stage 2's on all 8
+    cpu = plan.table2("cpu").part("gate")
+    assert sorted({k[3] for k in cpu if k[0] == "full fine-tuning"}) == [1, 2, 3, 4]
+    assert sorted({k[3] for k in cpu if k[0] == "stage 2"}) == [1, 2, 3, 4, 5, 6, 7, 8] and len(cpu) == 36
     t3 = plan.table3("smoke", lambdas=[0.1, 1], convex_lambdas=[1])
     assert t3.extra["readings"] == {"additive": [0.1, 1.0], "convex": [1.0]}
     assert {k[0] for k in t3.part("sweep")} == {"additive", "convex"}
