@@ -913,11 +913,8 @@ def ledger(table: pd.DataFrame) -> list[dict]:
 
 # ------------------------------------------------------------------------------- the design
 def _row_seeds(profile: str, c: Claim) -> list[int]:
-    """The seeds a claim's two rows share in the profile's plan (Table 1's rows may have their own, and
-    the Table 2 chapter's gate controls their stage's)."""
+    """The seeds a claim's two rows share in the profile's plan (Table 1's rows may have their own)."""
     chapter = _chapter(profile, c.chapter)
-    if "stage" in c.filter and c.filter["stage"] in chapter.extra.get("stage_seeds", {}):
-        return sorted(chapter.extra["stage_seeds"][c.filter["stage"]])
     own = chapter.extra.get("row_seeds", {})
     return sorted(set(own.get(c.a, chapter.seeds)) & set(own.get(c.b, chapter.seeds)))
 

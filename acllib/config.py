@@ -334,10 +334,10 @@ PROFILES = {p.name: p for p in [
             # says), and runs the convex reading only at λ = 1, the one point where it differs in kind
             # (below 1 it is the additive reading at λ/(1-λ) with the loss scaled by 1-λ, which Adam's
             # update all but ignores). The layer curves' methods with linear exits (JT, ALT, 2ST-linear)
-            # run on 4 seeds and its pooling variants (shown, not judged) on 2: their [CLS] exits 1-4
-            # cannot learn on MiniLM (the layer-curves chapter shows why), so their claims are "did not
-            # learn" on any number of seeds; the MHA-exit methods, the comparisons that can speak, keep
-            # all 8. The few-shot chapter: sizes 20 and 100 on 8 seeds (at least 20 updates each),
+            # and its pooling variants (shown, not judged) run on 2 seeds: their [CLS] exits 1-4 cannot
+            # learn on MiniLM (the layer-curves chapter shows why), so their claims are "did not learn"
+            # on any number of seeds (4 until issue #27's gate controls needed the budget); the MHA-exit
+            # methods, the comparisons that can speak, keep all 8. The few-shot chapter: sizes 20 and 100 on 8 seeds (at least 20 updates each),
             # and the full 800 from Table 1's and the pilot's runs.
             # Table 1's CE and ACL rows run on 29 seeds: the primary family's "ACL at least as high as CE"
             # needs them for 80% power at its level (claims.power_plan on acllib/planning_basis.json:
@@ -345,13 +345,8 @@ PROFILES = {p.name: p for p in [
             chapters={"pilot": dict(tasks=("sst2", "rte"), seeds=(1, 2, 3, 4, 5), angle_batches=10, task_seeds={"rte": (1, 2, 3)}),
                       "table1": dict(row_seeds={"CE": tuple(range(1, 30)), "ACL": tuple(range(1, 30))}),
                       "table3": dict(tasks=("sst2",), seeds=(1, 2), convex_lambdas=(1.0,)), "tsne": dict(tasks=("sst2",)),
-                      # ACL-Grad's gate controls (issue #27): in full fine-tuning Eq. 4 drops the aux term on
-                      # about 1% of steps here, so its controls differ from ACL on a step or two and no
-                      # affordable number of seeds powers those rows (34 would): 4 seeds show it, at half
-                      # the cost; stage 2, where it drops a third of steps, runs on all 8
-                      "table2": dict(stage_seeds={"full fine-tuning": (1, 2, 3, 4)}),
                       "early_exit": dict(tasks=("sst2",)), "layer_variants": dict(seeds=(1, 2)),
-                      "layer_curves": dict(method_seeds={m: (1, 2, 3, 4) for m in ("JT", "ALT", "2ST-linear")}),
+                      "layer_curves": dict(method_seeds={m: (1, 2) for m in ("JT", "ALT", "2ST-linear")}),
                       # few-shot sizes on 8 seeds (10 until issue #24 paid Table 1's extra seeds with 2):
                       # its gain claim pairs them with the 8 full-size seeds anyway
                       "few_shot": dict(sizes=(20, 100), small_seeds=tuple(range(1, 9)), min_updates=20)}),

@@ -161,7 +161,6 @@ def table2(profile: str, tasks=None, seeds=None, backbones=None, overrides=None)
     """Table 2's ablation rows, ACL-Grad's reference (the exit's CE, or CE + KD) for the rows that use
     it, and (beyond the paper, issue #27) ACL under each gate in full fine-tuning and in stage 2."""
     prof = get_profile(profile)
-    given = seeds
     tasks = tasks or prof.chapters.get("table2", {}).get("tasks") or [t for t in ("mrpc", "rte", "sst2") if t in prof.tasks]
     (b,), tasks, seeds = _common(profile, "table2", tasks, seeds, backbones, overrides=overrides)
     o = {**(overrides or {}), "backbone": b}
@@ -170,13 +169,9 @@ def table2(profile: str, tasks=None, seeds=None, backbones=None, overrides=None)
     grad_rows = [row for row, f in TABLE2_ROWS.items() if f.get("stage2_grad")]
     runs |= {("grad-ref", row, ref, t, s): make_config(profile, t, seed=s, strategy="2st", stage2_grad_ref=ref, **{**TABLE2_ROWS[row], **o})
              for row in grad_rows for ref in ("ce", "ce+kd") for t in tasks for s in seeds}
-    # the gate controls on the seeds the profile gives each stage (stage_seeds), else the chapter's
-    own = (prof.chapter("table2", "stage_seeds") or {}) if given is None else {}
-    stage_seeds = {stage: [s for s in seeds if stage not in own or s in own[stage]] or seeds[:1] for stage in GATE_STAGES}
     runs |= {("gate", stage, gate, t, s): make_config(profile, t, seed=s, gate=gate, **{**f, **o})
-             for stage, f in GATE_STAGES.items() for gate in GATES for t in tasks for s in stage_seeds[stage]}
-    return ChapterPlan("04_table2_ablation", profile, [b], tasks, seeds, runs,
-                       {"grad_rows": grad_rows, "stage_seeds": stage_seeds})
+             for stage, f in GATE_STAGES.items() for gate in GATES for t in tasks for s in seeds}
+    return ChapterPlan("04_table2_ablation", profile, [b], tasks, seeds, runs, {"grad_rows": grad_rows})
 
 
 def table3(profile: str, tasks=None, seeds=None, backbones=None, overrides=None, lambdas=None,
