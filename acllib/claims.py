@@ -53,6 +53,7 @@ VERDICT_ORDER = [stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE, UNDERP
 FAMILIES = {"primary": "primary: the abstract's takeaways", "secondary": "the paper's other claims",
             "exploratory": "exploratory (ours)",
             "gate": "beyond the paper: does ACL-Grad's conflict test matter? (ours)"}
+OURS = ("exploratory", "gate")  # the families of claims the paper's text does not make
 MARGIN_POINTS = 1.0  # "comparable" / "at least as high": 1 point of the task's metric (see Claim.margin_why)
 LAMBDA_MARGIN = 0.5  # the paper calls a 0.7-point range over lambda sensitive and 0.2 insensitive
 SHARE_MARGIN = 0.10  # "around 20%" of batches: within 10 percentage points
