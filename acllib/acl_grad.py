@@ -256,7 +256,8 @@ def reference_step(loss: Loss, params: list[torch.nn.Parameter], acl_grad: bool,
     choices = gate.decide(dots, loss.lam) if acl_grad else [(loss.lam, 0.0)] * len(groups)
     for group, (lam, c) in zip(groups, choices):
         w_main, w_aux = loss.weights(lam)
-        total = (w_main * loss.main + w_aux * (loss.aux - c * ref)) * scale
+        aux = loss.aux if c == 0.0 else loss.aux - c * ref  # (c = 0: ref's gradient plays no part)
+        total = (w_main * loss.main + w_aux * aux) * scale
         for p, g in zip(group, torch.autograd.grad(total, group, retain_graph=True, allow_unused=True)):
             if g is not None:
                 p.grad = g.clone() if p.grad is None else p.grad + g

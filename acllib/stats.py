@@ -27,7 +27,8 @@ def _diffs(a, b) -> np.ndarray:
     return np.asarray(a, float) - np.asarray(b, float)
 
 
-def _t_interval(mean: float, sd: float, n: int, level: float) -> tuple[float, float]:
+def t_interval(mean: float, sd: float, n: int, level: float) -> tuple[float, float]:
+    """The two-sided t interval at `level` of a mean of n paired differences with sd `sd`."""
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n))
     return mean - half, mean + half
 
@@ -91,7 +92,7 @@ def equivalence_test(a, b, margin: float) -> dict:
     from statsmodels.stats.weightstats import ttost_paired
     p_equiv = float(ttost_paired(np.asarray(a, float), np.asarray(b, float), -margin, margin)[0])
     se = sd / np.sqrt(n)
-    lo90, hi90 = _t_interval(diff, sd, n, 0.90)
+    lo90, hi90 = t_interval(diff, sd, n, 0.90)
     return {"diff": diff, "lo90": lo90, "hi90": hi90, "p_equiv": p_equiv,
             "p_nonequiv": float(stats.t.sf((abs(diff) - margin) / se, n - 1)), "sd": sd, "n": n,
             "test": "t"}
@@ -114,7 +115,7 @@ def noninferiority_test(a, b, margin: float) -> dict:
         shifted = np.where(np.isclose(shifted, 0.0, rtol=0, atol=1e-9), 0.0, shifted)
         return {"diff": diff, "lo90": np.nan, "hi90": np.nan, "p_support": sign_test_p(shifted, "greater"),
                 "p_contradict": sign_test_p(shifted, "less"), "sd": 0.0, "n": n, "test": "sign"}
-    lo90, hi90 = _t_interval(diff, sd, n, 0.90)
+    lo90, hi90 = t_interval(diff, sd, n, 0.90)
     return {"diff": diff, "lo90": lo90, "hi90": hi90,
             "p_support": float(stats.ttest_1samp(d + margin, 0.0, alternative="greater").pvalue),
             "p_contradict": float(stats.ttest_1samp(d + margin, 0.0, alternative="less").pvalue),

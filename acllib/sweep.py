@@ -347,6 +347,11 @@ def sweep(profile: str, chapters=None, address: str = "local", threads: int = 1,
                 for c in [c for c in mine if runs.load_result(c) is not None]:  # finished meanwhile elsewhere
                     release(c)
                     mine.remove(c)
+                own = {c.hash for c in mine}
+                for c in [c for c in mine if (p := c.gate_pair()) is not None and p.hash not in own
+                          and runs.load_result(p) is None]:  # its pair is held by another sweep, unfinished
+                    release(c)
+                    mine.remove(c)
                 counts["skipped"] += len(unit) - len(mine)
                 advance([c for c in unit if c not in mine])
                 if not mine:

@@ -305,3 +305,27 @@ def test_a_random_gate_is_sent_after_the_pair_it_reads(fresh_cache):
         shares = [sum(a["lam"] == 0.0 for a in pair.angles[g::groups]) / len(pair.angles[g::groups]) for g in range(groups)]
         assert acl_grad.Gate.for_run(r)._rates(groups) == pytest.approx(shares)
         assert [a["angle"] for a in mine.angles[:groups]] == [a["angle"] for a in pair.angles[:groups]]
+
+
+def test_a_random_gate_whose_pair_another_sweep_holds_is_left_to_it(fresh_cache):
+    """A 2st group of a random gate and its pair, the pair claimed by another live sweep (a process
+    here): both are skipped, nothing is sent, and the sweep ends (it used to crash reading the pair's
+    missing results)."""
+    import json
+    import socket
+    from acllib.config import TABLE2_ROWS, make_config
+    from acllib.sweep import _claim_path, sweep
+    r2 = make_config("smoke", "rte", strategy="2st", gate="random", seed=3, **TABLE2_ROWS["ACL"])
+    pair = r2.gate_pair()
+    runs.run(r2.stage1(), progress=False)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        path = _claim_path(pair)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+        counts = sweep("smoke", configs=[pair, r2], address="local", workers=2, threads=1, progress=False)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert counts == {"planned_missing": 2, "trained": 0, "skipped": 2, "failed": 0}
+    assert runs.load_result(r2) is None and path.exists()  # the other sweep's claim is left as it was
