@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import re
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -181,6 +182,10 @@ def main(argv=None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
+        # The chapter's kernel died with the Ctrl-C; nbclient's cell task then ends in DeadKernelError,
+        # which nobody awaits any more, and asyncio logs it with a traceback when the task is collected
+        # at exit (seen in about one build in three). The build is over: that is noise, not news.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         kept = len(list(store.cache_dir("runs").glob("*.json")))
         print(f"\ninterrupted: {kept - before} runs finished in this build and every earlier one are kept in "
               f"{store.cache_dir('runs')}; `make book` resumes where it stopped", file=sys.stderr)
