@@ -279,10 +279,8 @@ def with_stage1(cfgs) -> list[RunConfig]:
     Eq. 4 pairs their random gates read (each once, what a run needs before it)."""
     out: dict[str, RunConfig] = {}
     for c in cfgs:
-        if strategies.get(c.strategy).needs_stage1:
-            out.setdefault(c.stage1().hash, c.stage1())
-        if c.gate_pair() is not None:
-            out.setdefault(c.gate_pair().hash, c.gate_pair())
+        for needed in strategies.prerequisites(c):
+            out.setdefault(needed.hash, needed)
         out.setdefault(c.hash, c)
     return list(out.values())
 

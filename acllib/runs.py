@@ -20,13 +20,13 @@ from .results import RunResult, load_result, model_path, result_path
 
 
 def note_requested(cfgs) -> None:
-    """Append the hashes of the runs asked for (2st, headprune, theseus with their stage 1) to the file named by
+    """Append the hashes of the runs asked for (with their prerequisites: stage 1s, random gates' pairs) to the file named by
     $ACL_RUN_LEDGER, which book/build.py sets per chapter: the book's runs can then be held against
     acllib.plan's (tests/test_book.py). A log of requests, never read as results."""
     path = os.environ.get("ACL_RUN_LEDGER")
     if not path:
         return
-    lines = [h for c in cfgs for h in ((c.stage1().hash,) if strategies.get(c.strategy).needs_stage1 else ()) + (c.hash,)]
+    lines = [n.hash for c in cfgs for n in strategies.prerequisites(c) + [c]]
     with open(path, "a") as f:
         f.write("".join(h + "\n" for h in lines))
 
@@ -43,8 +43,8 @@ def run(cfg: RunConfig, progress: bool = True, force: bool = False) -> RunResult
     strategy = strategies.get(cfg.strategy)
     if strategy.shares_stage1:
         return run_group([cfg], progress, force)[0]
-    if cfg.gate_pair() is not None:  # a random gate reads the drop share of its Eq. 4 pair
-        run(cfg.gate_pair(), progress)
+    for needed in strategies.prerequisites(cfg):  # its stage 1, a random gate's Eq. 4 pair
+        run(needed, progress)
     stage1 = None
     if strategy.needs_stage1:  # its stage 1's trained model and task data
         base = cfg.stage1()
@@ -86,7 +86,7 @@ def group_each(cfgs: list[RunConfig], progress: bool = True, force: bool = False
     todo = [c for c in cfgs if force or load_result(c) is None]
     # a random gate's Eq. 4 pair (same stage 1) trains before it, in this group if it has not run
     pairs = [p for c in todo if (p := c.gate_pair()) is not None and load_result(p) is None]
-    todo = sorted(dict.fromkeys(pairs + todo), key=lambda c: c.gate == "random")
+    todo = sorted(dict.fromkeys(pairs + todo), key=lambda c: c.gate_pair() is not None)
     if todo:
         if not model_path(stage1).exists() or load_result(stage1) is None:
             run(stage1, progress, force=True)

@@ -2,6 +2,7 @@
 equal sequential runs', a worker the test kills mid-run has its run retried, Ctrl-C keeps every
 finished run, a damaged results file is reported once and swept again, two sweeps on one cache train
 each run once."""
+import json
 import os
 import re
 import subprocess
@@ -329,3 +330,32 @@ def test_a_random_gate_whose_pair_another_sweep_holds_is_left_to_it(fresh_cache)
         holder.wait(timeout=30)
     assert counts == {"planned_missing": 2, "trained": 0, "skipped": 2, "failed": 0}
     assert runs.load_result(r2) is None and path.exists()  # the other sweep's claim is left as it was
+
+
+def test_a_worker_tokenizes_a_split_once_for_all_its_tasks(fresh_cache, monkeypatch):
+    """Each task trains in a private cache; the worker's tokenized splits are shared across its tasks
+    (two runs of one task: its splits read from the GLUE files once, not twice), the results equal a
+    run in the driver's own cache, and the task's cache is gone afterwards."""
+    from acllib import data, sweep
+    from acllib.config import make_config
+    reads = []
+    real = data.load_split
+    monkeypatch.setattr(data, "load_split", lambda task, split, *a, **k: reads.append((task, split)) or real(task, split, *a, **k))
+    monkeypatch.setattr(sweep, "_WORKER_TOKENIZED", None)  # a fresh worker
+    threads = torch.get_num_threads()
+    try:
+        cfgs = [make_config("smoke", "rte", seed=s) for s in (1, 2)]
+        files = [dict(sweep.execute([c.to_dict()], None, 1)) for c in cfgs]
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(reads) == [("rte", "train"), ("rte", "validation")]  # once each, for both tasks
+    assert os.environ["ACL_CACHE"] == str(fresh_cache) and not (fresh_cache / "runs").exists()  # nothing written here
+    worker = sweep._WORKER_TOKENIZED.name
+    assert len(os.listdir(worker)) == 2  # the two splits, kept for the worker's next task
+    torch.set_num_threads(1)
+    try:
+        for c, f in zip(cfgs, files):
+            assert json.loads(f[c.hash]["result"])["score"] == runs.run(c, progress=False).score
+    finally:
+        torch.set_num_threads(threads)
+    sweep._WORKER_TOKENIZED.cleanup()

@@ -83,7 +83,9 @@ def test_acl_objective_is_ce_plus_acl_embed(rte_batch):
     y = rte_batch["labels"]
     torch.testing.assert_close(loss.main, F.cross_entropy(out.logits, y))
     torch.testing.assert_close(loss.aux, acl_embed_loss(out.rep, y, last.classifier.weight, cfg.tau))
-    assert loss.lam == cfg.lam
+    # sec. 3.1's convex sum (1 - lam) CE + lam ACL-Embed, by hand at the profile's lam = 0.02
+    w_main, w_aux = loss.weights(loss.lam)
+    assert math.isclose(w_main, 0.98) and math.isclose(w_aux, 0.02)
 
 
 def test_jt_loss_is_sum_of_exit_ces(rte_batch):

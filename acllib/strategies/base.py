@@ -48,6 +48,16 @@ def get(name: str) -> Strategy:
     return REGISTRY[name]
 
 
+def prerequisites(cfg: RunConfig) -> list[RunConfig]:
+    """The runs `cfg` reads, which the executor finishes before it: its stage 1 where its strategy
+    starts from one, and a random gate's Eq. 4 pair (whose drop share it matches). The one statement
+    of what a run needs: plan.with_stage1, runs.run and the sweep's order all ask it."""
+    needed = [cfg.stage1()] if get(cfg.strategy).needs_stage1 else []
+    if (pair := cfg.gate_pair()) is not None:
+        needed.append(pair)
+    return needed
+
+
 def build_model(cfg: RunConfig, num_labels: int) -> MultiExitModel:
     """The model a run trains: its backbone (seeded), cut and given exits as its strategy shapes it."""
     backbone = load_backbone(cfg.backbone, cfg.dropout, seed=cfg.seed)
