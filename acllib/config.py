@@ -315,8 +315,8 @@ PROFILES = {p.name: p for p in [
                       "few_shot": dict(tasks=("rte",), sizes=(8, 24), small_seeds=(1, 2, 3), min_updates=4)}),
     Profile("cpu", "the embedded default: the packaged MiniLM (6 layers) on the GLUE tasks it learns within "
             "the budget, subsampled for 2 CPU cores: sized for 45 minutes with native bf16 (Zen 4 at a CE step of 0.31 s), "
-            "a budget the book as planned exceeds (about 48 minutes at that speed; the README gives the measured "
-            "builds); about 4-6 hours on 2 cores without native bf16, in fp32",
+            "a budget the book as planned reaches only at its edge (the README gives the measured builds); about 4-6 "
+            "hours on 2 cores without native bf16, in fp32",
             dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=2, stage2_epochs=2, batch_size=32,
                  micro_batch_size=32, max_length=128, eval_each_epoch=False),
             # In trial builds MiniLM predicted the majority class for every method on RTE (300-400
