@@ -314,8 +314,8 @@ PROFILES = {p.name: p for p in [
                       "early_exit": dict(tasks=("rte",)), "layer_variants": dict(seeds=(1,)),
                       "few_shot": dict(tasks=("rte",), sizes=(8, 24), small_seeds=(1, 2, 3), min_updates=4)}),
     Profile("cpu", "the embedded default: the packaged MiniLM (6 layers) on the GLUE tasks it learns within "
-            "the budget, subsampled for 2 CPU cores: sized for 45 minutes with native bf16 (Zen 4 at a CE step of 0.31 s), "
-            "a budget the book as planned reaches only at its edge (the README gives the measured builds); about 4-6 "
+            "the budget, subsampled for 2 CPU cores: sized for 45 minutes with native bf16 (Zen 4 at a CE step of 0.31 s; "
+            "a cold build took 75 minutes at a CE step of 0.53 s, about 44 at 0.31: the README gives the measured builds); about 4-6 "
             "hours on 2 cores without native bf16, in fp32",
             dict(backbone="minilm", lr=1e-4, stage2_lr=1e-3, epochs=2, stage2_epochs=2, batch_size=32,
                  micro_batch_size=32, max_length=128, eval_each_epoch=False),
