@@ -113,7 +113,12 @@ def test_ctrl_c_in_a_run(tmp_path):
     started = tmp_path / "tokenized"
     code, err = _interrupt_when([sys.executable, "-m", "acllib", "run", "--profile", "smoke", "--task", "rte",
                                  "--set", "epochs=200", "--quiet"], env, lambda: started.exists() and any(started.iterdir()))
-    assert code == 130 and "Traceback" not in err, err[-3000:]
+    # 130 from main(), or death by SIGINT after it: under `python -m`, CPython 3.11 exits by SIGINT
+    # (after finalization, whatever sys.exit said) once a KeyboardInterrupt has left a nested PyRun_*
+    # evaluation, even a caught one (its flag _Py_UnhandledKeyboardInterrupt read at exit: 1 in such a
+    # run, 0 in one that exited 130). A Ctrl-C at a random moment lands there in 4 of 165 runs (fast
+    # kind). A shell reports both as status 130; what the command said and left is checked below.
+    assert code in (130, -signal.SIGINT) and "Traceback" not in err, err[-3000:]
     assert [line for line in err.splitlines() if line.strip()][-1].startswith("interrupted:")
     assert not list((tmp_path / "runs").glob("*.json")) if (tmp_path / "runs").exists() else True
 
