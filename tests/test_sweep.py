@@ -334,8 +334,8 @@ def test_a_random_gate_whose_pair_another_sweep_holds_is_left_to_it(fresh_cache)
 
 def test_a_worker_tokenizes_a_split_once_for_all_its_tasks(fresh_cache, monkeypatch):
     """Each task trains in a private cache; the worker's tokenized splits are shared across its tasks
-    (two runs of one task: its splits read from the GLUE files once, not twice), the results equal a
-    run in the driver's own cache, and the task's cache is gone afterwards."""
+    (two tasks in one worker: each split read from the GLUE files once, not twice), nothing is written
+    in the driver's cache, and the results equal a run made there."""
     from acllib import data, sweep
     from acllib.config import make_config
     reads = []
